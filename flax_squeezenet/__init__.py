@@ -1,0 +1,53 @@
+"""flax_squeezenet: SqueezeNet (Iandola et al., 2016) for JAX/Flax.
+
+Models are Flax linen modules over NHWC float images:
+
+    import jax, jax.numpy as jnp
+    from flax_squeezenet import squeezenet1_1
+    model = squeezenet1_1(num_classes=10)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)))
+    logits = model.apply(variables, images)
+
+`load_pretrained("squeezenet1_1")` gives torchvision's ImageNet weights, `preprocess` prepares
+images as torchvision does, and `imagenet_class_names()` names the 1,000 classes.
+"""
+
+from flax_squeezenet.models import (
+    MODELS,
+    V1_0,
+    V1_1,
+    Conv,
+    Fire,
+    FireModule,
+    MaxPool,
+    SqueezeNet,
+    count_params,
+    create_model,
+    metaparameter_stages,
+    min_input_size,
+    squeezenet1_0,
+    squeezenet1_0_complex_bypass,
+    squeezenet1_0_simple_bypass,
+    squeezenet1_1,
+    squeezenet_metaparameters,
+)
+
+__all__ = [
+    "MODELS",
+    "V1_0",
+    "V1_1",
+    "Conv",
+    "Fire",
+    "FireModule",
+    "MaxPool",
+    "SqueezeNet",
+    "count_params",
+    "create_model",
+    "metaparameter_stages",
+    "min_input_size",
+    "squeezenet1_0",
+    "squeezenet1_0_complex_bypass",
+    "squeezenet1_0_simple_bypass",
+    "squeezenet1_1",
+    "squeezenet_metaparameters",
+]

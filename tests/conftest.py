@@ -1,0 +1,24 @@
+"""Shared fixtures: the read-only `../shared` data folder and optional torch."""
+
+import os
+import pathlib
+
+import pytest
+
+SHARED = pathlib.Path(os.environ.get("FLAX_SQUEEZENET_SHARED", pathlib.Path(__file__).resolve().parents[2] / "shared"))
+
+
+def require_shared(relative: str = "") -> pathlib.Path:
+    """The path under ../shared, skipping the test when it is absent (failing if REQUIRE_SHARED=1)."""
+    path = SHARED / relative
+    if not path.exists():
+        message = f"{path} is absent: this test needs the project's shared data folder (../shared)"
+        if os.environ.get("REQUIRE_SHARED") == "1":
+            pytest.fail(message + " and REQUIRE_SHARED=1")
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture
+def shared():
+    return require_shared()
