@@ -12,6 +12,8 @@ Models are Flax linen modules over NHWC float images:
 images as torchvision does, and `imagenet_class_names()` names the 1,000 classes.
 """
 
+from flax_squeezenet.download import DownloadError, cache_dir
+from flax_squeezenet.imagenet import imagenet_class_names
 from flax_squeezenet.models import (
     MODELS,
     V1_0,
@@ -31,9 +33,16 @@ from flax_squeezenet.models import (
     squeezenet1_1,
     squeezenet_metaparameters,
 )
+from flax_squeezenet.preprocess import IMAGENET_MEAN, IMAGENET_STD, load_image, preprocess
+from flax_squeezenet.pretrained import PRETRAINED, load_pretrained, save_pretrained
+from flax_squeezenet.pth import UnsafePickleError, load_pth
 
 __all__ = [
+    "DownloadError",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
     "MODELS",
+    "PRETRAINED",
     "V1_0",
     "V1_1",
     "Conv",
@@ -41,10 +50,18 @@ __all__ = [
     "FireModule",
     "MaxPool",
     "SqueezeNet",
+    "UnsafePickleError",
+    "cache_dir",
     "count_params",
     "create_model",
+    "imagenet_class_names",
+    "load_image",
+    "load_pretrained",
+    "load_pth",
     "metaparameter_stages",
     "min_input_size",
+    "preprocess",
+    "save_pretrained",
     "squeezenet1_0",
     "squeezenet1_0_complex_bypass",
     "squeezenet1_0_simple_bypass",

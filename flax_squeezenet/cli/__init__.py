@@ -1,0 +1,1 @@
+"""Command-line programs (installed as `squeezenet-*` entry points)."""
