@@ -1,0 +1,1 @@
+"""Data sources and per-example transforms behind `train.input_pipeline`."""

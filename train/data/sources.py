@@ -1,0 +1,345 @@
+"""Random-access data sources: each split is a sequence of ``{"image": uint8 [H, W, C], "label": int}``.
+
+Every source has ``__len__`` and ``__getitem__`` (grain's ``RandomAccessDataSource`` protocol), is
+picklable (grain worker processes receive a copy), and reads nothing it does not need.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import functools
+import gzip
+import importlib.util
+import logging
+import os
+import pathlib
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)  # fmt: skip
+FASHION_MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+DEBIAN_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceConfig:
+    """Which data to read (see ``train.input_pipeline`` for the meaning and defaults of each key)."""
+
+    dataset: str
+    data_dir: str | None
+    manual_dir: str | None
+    train_folder: str | None
+    eval_folder: str | None
+    train_split: str
+    eval_split: str
+    cache_images: bool
+    synthetic_train_examples: int
+    synthetic_eval_examples: int
+    synthetic_num_classes: int
+    synthetic_image_shape: tuple[int, int, int]
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    """Both splits of a dataset, its class names, its images' own channel count, and where it came from."""
+
+    train: Sequence[dict]
+    eval: Sequence[dict]
+    class_names: tuple[str, ...]
+    channels: int
+    origin: str
+
+
+class SyntheticSource:
+    """``num_examples`` reproducible random images whose label is visible in them (so a model can learn).
+
+    Example ``i`` of split ``split`` depends only on (split, i): a per-class template plus noise.
+    """
+
+    def __init__(self, num_examples: int, image_shape: tuple[int, int, int], num_classes: int, split: str):
+        self.num_examples = num_examples
+        self.image_shape = image_shape
+        self.num_classes = num_classes
+        self.split_id = {"train": 0, "eval": 1}[split]
+        self.templates = np.random.default_rng(2024).integers(0, 256, size=(num_classes, *image_shape), dtype=np.uint8)
+
+    def __len__(self) -> int:
+        return self.num_examples
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < self.num_examples:
+            raise IndexError(f"index {index} out of range for {self.num_examples} synthetic examples")
+        rng = np.random.default_rng([self.split_id, index])
+        label = int(rng.integers(self.num_classes))
+        noise = rng.integers(-64, 65, size=self.image_shape)
+        image = np.clip(self.templates[label].astype(np.int32) // 2 + 64 + noise, 0, 255).astype(np.uint8)
+        return {"image": image, "label": label}
+
+
+def synthetic_dataset(num_train: int, num_eval: int, image_shape: tuple[int, int, int], num_classes: int) -> Dataset:
+    """A synthetic dataset: the same for every seed (the seed drives shuffling and augmentation only)."""
+    return Dataset(
+        train=SyntheticSource(num_train, image_shape, num_classes, "train"),
+        eval=SyntheticSource(num_eval, image_shape, num_classes, "eval"),
+        class_names=tuple(f"class_{i}" for i in range(num_classes)),
+        channels=image_shape[-1],
+        origin=f"synthetic ({num_train} train / {num_eval} eval examples)",
+    )
+
+
+class ArraySource:
+    """Examples held in memory: ``images`` uint8 [N, H, W, C] (or a list of [H, W, C]), ``labels`` int [N]."""
+
+    def __init__(self, images: np.ndarray | Sequence[np.ndarray], labels: np.ndarray):
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        self.images = images
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict:
+        return {"image": self.images[index], "label": int(self.labels[index])}
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """The uint8 array in a gzipped IDX file (the MNIST format: magic 0x0000080N, N big-endian dims, data)."""
+    try:
+        with gzip.open(path, "rb") as file:
+            data = file.read()
+    except (gzip.BadGzipFile, EOFError) as error:
+        raise ValueError(f"{path} is not a complete gzip file ({error}): expected an official .gz idx file") from error
+    ndim = data[3] if len(data) >= 4 else 0
+    if data[:3] != b"\0\0\x08" or not 1 <= ndim <= 4 or len(data) < 4 + 4 * ndim:
+        raise ValueError(f"{path} is not a uint8 IDX file (expected magic 0x00000801-0x00000804)")
+    shape = tuple(int(d) for d in np.frombuffer(data, ">u4", count=ndim, offset=4))
+    payload = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim)
+    if payload.size != int(np.prod(shape)):
+        raise ValueError(f"{path} holds {payload.size} bytes of data, its header promises shape {shape}")
+    return payload.reshape(shape)
+
+
+def missing_fashion_mnist_files(folder: str | os.PathLike) -> list[str]:
+    """The Fashion-MNIST idx file names absent from ``folder``."""
+    names = [name for pair in FASHION_MNIST_FILES.values() for name in pair]
+    return [name for name in names if not (pathlib.Path(folder) / name).is_file()]
+
+
+def read_fashion_mnist_split(folder: str | os.PathLike, split: str) -> ArraySource:
+    """The "train" (60,000) or "test" (10,000) split from the official idx files in ``folder``."""
+    if split not in FASHION_MNIST_FILES:
+        raise ValueError(
+            f"the Fashion-MNIST idx files hold the splits 'train' and 'test', got {split!r} "
+            "(sliced splits such as 'train[:90%]' need the TFDS copy)"
+        )
+    images_name, labels_name = FASHION_MNIST_FILES[split]
+    images = read_idx(pathlib.Path(folder) / images_name)
+    labels = read_idx(pathlib.Path(folder) / labels_name)
+    if images.ndim != 3 or labels.ndim != 1:
+        raise ValueError(
+            f"expected images [N, 28, 28] and labels [N] in {folder}, got {images.shape} and {labels.shape}"
+        )
+    return ArraySource(images[:, :, :, None], labels)
+
+
+def fashion_mnist_dataset(config: SourceConfig) -> Dataset:
+    """Fashion-MNIST from ``manual_dir``'s idx files, else Debian's copy, else TFDS (see the pipeline docs)."""
+    if config.manual_dir is not None:
+        missing = missing_fashion_mnist_files(config.manual_dir)
+        if missing:
+            raise FileNotFoundError(
+                f"manual_dir {config.manual_dir} lacks the Fashion-MNIST files {missing}; get them from "
+                "https://github.com/zalandoresearch/fashion-mnist (data/fashion) or unset manual_dir"
+            )
+        folder, origin = config.manual_dir, f"Fashion-MNIST idx files in {config.manual_dir}"
+    elif not missing_fashion_mnist_files(DEBIAN_FASHION_MNIST_DIR):
+        folder, origin = DEBIAN_FASHION_MNIST_DIR, f"Debian's dataset-fashion-mnist ({DEBIAN_FASHION_MNIST_DIR})"
+    else:
+        return tfds_dataset(config)
+    return Dataset(
+        train=read_fashion_mnist_split(folder, config.train_split),
+        eval=read_fashion_mnist_split(folder, config.eval_split),
+        class_names=FASHION_MNIST_CLASSES,
+        channels=1,
+        origin=origin,
+    )
+
+
+class UnreadableImageError(RuntimeError):
+    """An image file in an image folder could not be decoded."""
+
+
+class ImageFolderSource:
+    """The images of a class-per-folder directory, decoded to RGB on access.
+
+    A file that cannot be decoded stops the pipeline with an ``UnreadableImageError`` naming it
+    (remove or replace it and run again): skipping it silently would change the data and the
+    order of every later batch, and so break exact resumption.
+    """
+
+    def __init__(self, root: str | os.PathLike, class_names: Sequence[str]):
+        self.root = pathlib.Path(root)
+        self.paths: list[str] = []
+        labels = []
+        for label, name in enumerate(class_names):
+            for directory, subdirs, files in os.walk(self.root / name):
+                subdirs.sort()
+                found = sorted(f for f in files if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."))
+                self.paths.extend(os.path.join(directory, f) for f in found)
+                labels.extend([label] * len(found))
+        self.labels = np.asarray(labels, np.int64)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict:
+        path = self.paths[index]
+        try:
+            with Image.open(path) as image:
+                pixels = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+        except (OSError, ValueError, SyntaxError) as error:
+            raise UnreadableImageError(f"cannot decode image {path}: {error}; remove or replace the file") from error
+        return {"image": pixels, "label": int(self.labels[index])}
+
+
+def class_folders(root: str | os.PathLike) -> tuple[str, ...]:
+    """The sorted names of the subfolders of ``root`` (hidden ones excluded)."""
+    return tuple(sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith(".")))
+
+
+def image_folder_dataset(config: SourceConfig) -> Dataset:
+    """Train and eval class-per-folder directories; the classes are the train folder's subfolders."""
+    for key in ("train_folder", "eval_folder"):
+        folder = getattr(config, key)
+        if folder is None:
+            raise ValueError(f"dataset 'image_folder' needs {key}: a folder with one subfolder of images per class")
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(f"{key} {folder} is not a folder")
+    class_names = class_folders(config.train_folder)
+    if len(class_names) < 2:
+        raise ValueError(
+            f"train_folder {config.train_folder} has {len(class_names)} class subfolders, expected at least 2"
+        )
+    unknown = sorted(set(class_folders(config.eval_folder)) - set(class_names))
+    if unknown:
+        raise ValueError(f"eval_folder {config.eval_folder} has classes absent from train_folder: {unknown}")
+    splits = {key: ImageFolderSource(getattr(config, key), class_names) for key in ("train_folder", "eval_folder")}
+    for key, source in splits.items():
+        if not len(source):
+            raise ValueError(f"{key} {getattr(config, key)} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+    origin = (
+        f"image folders {config.train_folder} ({len(splits['train_folder'])} images) and "
+        f"{config.eval_folder} ({len(splits['eval_folder'])} images)"
+    )
+    if config.cache_images:
+        splits = {key: decode_all(source) for key, source in splits.items()}
+        origin += ", decoded once into memory"
+    return Dataset(
+        train=splits["train_folder"], eval=splits["eval_folder"], class_names=class_names, channels=3, origin=origin
+    )
+
+
+def decode_all(source: ImageFolderSource) -> ArraySource:
+    """Every image of ``source`` decoded (in threads), stacked into one array when they share a shape."""
+    with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:
+        images = [example["image"] for example in pool.map(source.__getitem__, range(len(source)))]
+    if len({image.shape for image in images}) == 1:
+        images = np.stack(images)
+    return ArraySource(images, source.labels)
+
+
+class TfdsSource:
+    """A TFDS ``data_source`` split, its records reduced to ``{"image", "label"}``."""
+
+    def __init__(self, data_source, image_key: str, label_key: str):
+        self.data_source = data_source
+        self.image_key = image_key
+        self.label_key = label_key
+
+    def __len__(self) -> int:
+        return len(self.data_source)
+
+    def __getitem__(self, index: int) -> dict:
+        record = self.data_source[index]
+        return {"image": record[self.image_key], "label": int(record[self.label_key])}
+
+
+def tensorflow_installed() -> bool:
+    """Whether TensorFlow can be imported (TFDS needs it to prepare datasets, not to read them)."""
+    return importlib.util.find_spec("tensorflow") is not None
+
+
+def tfds_dataset(config: SourceConfig) -> Dataset:
+    """A TFDS dataset read with ``tfds.data_source``, downloaded and prepared on first use."""
+    import tensorflow_datasets as tfds  # noqa: PLC0415  (heavy: imported only when used)
+
+    try:
+        builder = tfds.builder(config.dataset, data_dir=config.data_dir)
+    except tfds.core.registered.DatasetNotFoundError as error:
+        raise ValueError(
+            f"unknown dataset {config.dataset!r}: expected 'synthetic', 'image_folder', 'fashion_mnist' "
+            "or a tensorflow-datasets name (tfds.list_builders())"
+        ) from error
+    image_key, label_key = builder.info.supervised_keys or ("image", "label")
+    if not builder.is_prepared():
+        if not tensorflow_installed():
+            raise RuntimeError(
+                f"TFDS dataset {config.dataset!r} is not prepared in {builder.data_dir}, and TFDS needs TensorFlow "
+                "to prepare it: pip install tensorflow-cpu, or prepare it once elsewhere and point data_dir there"
+                + (
+                    "; or set manual_dir to a folder holding the four Fashion-MNIST idx .gz files (no TFDS needed)"
+                    if config.dataset == "fashion_mnist"
+                    else ""
+                )
+            )
+        logger.warning(
+            "preparing TFDS dataset %s in %s (downloading it unless manual_dir %s holds the files)",
+            config.dataset,
+            builder.data_dir,
+            config.manual_dir,
+        )
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=config.manual_dir))
+    splits = {
+        split: TfdsSource(builder.as_data_source(split=split), image_key, label_key)
+        for split in (config.train_split, config.eval_split)
+    }
+    image_shape = builder.info.features[image_key].shape
+    return Dataset(
+        train=splits[config.train_split],
+        eval=splits[config.eval_split],
+        class_names=tuple(builder.info.features[label_key].names),
+        channels=int(image_shape[-1] or 3),
+        origin=f"TFDS {config.dataset} in {builder.data_dir}",
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def open_dataset(config: SourceConfig) -> Dataset:
+    """The dataset ``config`` names (opened once per process and configuration, then cached); logs its origin."""
+    if config.dataset == "synthetic":
+        dataset = synthetic_dataset(
+            config.synthetic_train_examples,
+            config.synthetic_eval_examples,
+            config.synthetic_image_shape,
+            config.synthetic_num_classes,
+        )
+    elif config.dataset == "image_folder":
+        dataset = image_folder_dataset(config)
+    elif config.dataset == "fashion_mnist":
+        dataset = fashion_mnist_dataset(config)
+    else:
+        dataset = tfds_dataset(config)
+    logger.info("%s: %s", config.dataset, dataset.origin)
+    return dataset
