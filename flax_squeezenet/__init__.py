@@ -13,6 +13,7 @@ images as torchvision does, and `imagenet_class_names()` names the 1,000 classes
 """
 
 from flax_squeezenet.download import DownloadError, cache_dir
+from flax_squeezenet.export import save_onnx, to_onnx
 from flax_squeezenet.imagenet import imagenet_class_names
 from flax_squeezenet.models import (
     MODELS,
@@ -61,10 +62,12 @@ __all__ = [
     "metaparameter_stages",
     "min_input_size",
     "preprocess",
+    "save_onnx",
     "save_pretrained",
     "squeezenet1_0",
     "squeezenet1_0_complex_bypass",
     "squeezenet1_0_simple_bypass",
     "squeezenet1_1",
     "squeezenet_metaparameters",
+    "to_onnx",
 ]

@@ -129,16 +129,90 @@ def min_input_size(stages: Sequence[Stage]) -> int:
     return size
 
 
+def _ceil_mode_padding(x: jnp.ndarray) -> list[tuple[int, int]]:
+    """NHWC padding that makes a VALID 3x3/2 pooling give PyTorch's ceil_mode=True output size."""
+    return [(0, 0)] + [(0, (_pool_size(size) - 1) * 2 + 3 - size) for size in x.shape[1:3]] + [(0, 0)]
+
+
+def _pool_windows(x: jnp.ndarray) -> tuple[jnp.ndarray, list[jnp.ndarray]]:
+    """The -inf padded input and its nine 3x3/2 window positions as strided slices, row-major."""
+    padded = jnp.pad(x, _ceil_mode_padding(x), constant_values=-jnp.inf)
+    rows, cols = _pool_size(x.shape[1]), _pool_size(x.shape[2])
+    windows = [
+        padded[:, i : i + 2 * rows - 1 : 2, j : j + 2 * cols - 1 : 2, :]
+        for i in range(3)
+        for j in range(3)
+    ]
+    return padded, windows
+
+
+# Speed (XLA:CPU): 3x3/2 max-pooling as the maximum of its nine strided window slices, with a
+# hand-written gradient, computes exactly what `nn.max_pool` (reduce_window) computes, forward
+# and backward: the gradient goes to the first maximum of each window in row-major order, as
+# reduce_window's and PyTorch's do. XLA fuses the slices into one elementwise loop, where its
+# reduce_window and the select_and_scatter of its gradient were 3-5x slower and were a third of
+# a training step. tests/test_speed_equivalence.py checks both against `nn.max_pool`.
+@jax.custom_vjp
 def _max_pool_ceil(x: jnp.ndarray) -> jnp.ndarray:
     """3x3/2 max-pooling with PyTorch's ceil_mode=True: pad the bottom and right with -inf."""
-    pads = []
-    for size in x.shape[1:3]:
-        out = _pool_size(size)
-        pads.append((0, (out - 1) * 2 + 3 - size))
-    return nn.max_pool(x, (3, 3), strides=(2, 2), padding=pads)
+    return functools.reduce(jnp.maximum, _pool_windows(x)[1])
+
+
+def _max_pool_ceil_forward(x: jnp.ndarray) -> tuple[jnp.ndarray, tuple[jnp.ndarray, jnp.ndarray]]:
+    pooled = _max_pool_ceil(x)
+    return pooled, (x, pooled)
+
+
+def _max_pool_ceil_backward(
+    residuals: tuple[jnp.ndarray, jnp.ndarray], grad: jnp.ndarray
+) -> tuple[jnp.ndarray]:
+    x, pooled = residuals
+    padded, windows = _pool_windows(x)
+    zero = jnp.zeros((), grad.dtype)
+    already_chosen = jnp.zeros(pooled.shape, bool)
+    grad_padded = jnp.zeros(padded.shape, grad.dtype)
+    for index, window in enumerate(windows):
+        i, j = divmod(index, 3)
+        chosen = (window == pooled) & ~already_chosen
+        already_chosen = already_chosen | chosen
+        # Scatter this window position's share back to the input pixels it read (stride 2).
+        spread = (
+            (0, 0, 0),
+            (i, padded.shape[1] - i - 2 * pooled.shape[1] + 1, 1),
+            (j, padded.shape[2] - j - 2 * pooled.shape[2] + 1, 1),
+            (0, 0, 0),
+        )
+        grad_padded = grad_padded + jax.lax.pad(jnp.where(chosen, grad, zero), zero, spread)
+    return (grad_padded[:, : x.shape[1], : x.shape[2], :],)
+
+
+_max_pool_ceil.defvjp(_max_pool_ceil_forward, _max_pool_ceil_backward)
 
 
 kaiming_uniform = nn.initializers.variance_scaling(2.0, "fan_in", "uniform")
+
+
+# Speed (XLA:CPU): a 1x1 convolution with stride 1 is a matrix product over the channel axis.
+# Written as one, XLA computes it and both its gradients as matrix multiplications; as a
+# convolution, the kernel gradient became a convolution with a whole-image window, 2-5x slower
+# (the classifier's alone was a tenth of a training step). The parameters stay nn.Conv's.
+# tests/test_speed_equivalence.py checks it against lax.conv_general_dilated.
+def _conv_1x1_as_matmul(
+    inputs: jnp.ndarray, kernel: jnp.ndarray, window_strides: Sequence[int], padding: Any,
+    **conv_options: Any,
+) -> jnp.ndarray:  # fmt: skip
+    """`lax.conv_general_dilated` for NHWC inputs and a (1, 1, in, out) kernel, stride 1."""
+    if kernel.shape[:2] != (1, 1) or tuple(window_strides) != (1, 1):
+        raise ValueError(f"expected a 1x1 kernel with stride 1, got {kernel.shape}, {window_strides}")
+    contract_channels = (((inputs.ndim - 1,), (0,)), ((), ()))
+    return jax.lax.dot_general(
+        inputs, kernel[0, 0], contract_channels, precision=conv_options.get("precision")
+    )
+
+
+def _conv_1x1(features: int, **kwargs: Any) -> nn.Conv:
+    """A 1x1 nn.Conv (same parameters) computed as a matrix product."""
+    return nn.Conv(features, (1, 1), conv_general_dilated=_conv_1x1_as_matmul, **kwargs)
 
 
 class FireModule(nn.Module):
@@ -153,12 +227,12 @@ class FireModule(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        conv = functools.partial(
-            nn.Conv, dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=self.kernel_init
+        options = dict(dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=self.kernel_init)
+        x = nn.relu(_conv_1x1(self.squeeze, name="squeeze", **options)(x))
+        e1 = nn.relu(_conv_1x1(self.expand1x1, name="expand1x1", **options)(x))
+        e3 = nn.relu(
+            nn.Conv(self.expand3x3, (3, 3), padding=((1, 1), (1, 1)), name="expand3x3", **options)(x)
         )
-        x = nn.relu(conv(self.squeeze, (1, 1), name="squeeze")(x))
-        e1 = nn.relu(conv(self.expand1x1, (1, 1), name="expand1x1")(x))
-        e3 = nn.relu(conv(self.expand3x3, (3, 3), padding=((1, 1), (1, 1)), name="expand3x3")(x))
         return jnp.concatenate([e1, e3], axis=-1)
 
 
@@ -239,8 +313,8 @@ class SqueezeNet(nn.Module):
                 if self.bypass != "none" and x.shape[-1] == y.shape[-1]:
                     y = y + x
                 elif self.bypass == "complex":
-                    y = y + conv(y.shape[-1], (1, 1), kernel_init=kaiming_uniform,
-                                 name=f"{name}_bypass")(x)  # fmt: skip
+                    y = y + _conv_1x1(y.shape[-1], dtype=self.dtype, param_dtype=self.param_dtype,
+                                      kernel_init=kaiming_uniform, name=f"{name}_bypass")(x)  # fmt: skip
                 x = y
                 fire_index += 1
         if output == "feature_map":
@@ -248,8 +322,8 @@ class SqueezeNet(nn.Module):
         if output == "pooled":
             return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        x = conv(self.num_classes, (1, 1), kernel_init=nn.initializers.normal(0.01),
-                 name="classifier")(x)  # fmt: skip
+        x = _conv_1x1(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
+                      kernel_init=nn.initializers.normal(0.01), name="classifier")(x)  # fmt: skip
         x = nn.relu(x)
         return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
 

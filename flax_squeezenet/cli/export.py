@@ -1,0 +1,110 @@
+"""`squeezenet-export --format onnx --output FILE.onnx`: write a SqueezeNet for deployment.
+
+Errors the user can fix (missing weights, weights that don't fit the model, no network for a
+download) print one line on stderr and exit with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flax_squeezenet.download import DownloadError
+from flax_squeezenet.export import save_onnx
+from flax_squeezenet.models import MODELS, create_model
+from flax_squeezenet.pretrained import PRETRAINED, load_pretrained
+
+PROG = "squeezenet-export"
+DEFAULT_MODEL = "squeezenet1_1"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Export a SqueezeNet to ONNX (NCHW float32 input 'images', output 'logits', "
+        "dynamic batch) for onnxruntime, onnxruntime-mobile, ncnn (via pnnx) or TensorRT.",
+    )
+    parser.add_argument("--format", choices=["onnx"], default="onnx", help="output format (onnx)")
+    parser.add_argument("--output", required=True, metavar="FILE", help="where to write the model")
+    parser.add_argument(
+        "--model",
+        help=f"without --weights: the published weights to export ({', '.join(PRETRAINED)}; default "
+        f"{DEFAULT_MODEL}), or with --random-init any variant ({', '.join(MODELS)}); "
+        "with --weights: the architecture (default: as the file says)",
+    )
+    parser.add_argument(
+        "--weights", metavar="PATH",
+        help="a checkpoint: save_pretrained directory, torchvision .pth, or ncnn .param/.bin",
+    )  # fmt: skip
+    parser.add_argument(
+        "--random-init", action="store_true",
+        help="export freshly initialised weights (seed 0) of --model, e.g. to test a deployment",
+    )  # fmt: skip
+    parser.add_argument(
+        "--num-classes", type=int, metavar="N",
+        help="classifier outputs; with weights of another count, a fresh classifier replaces theirs",
+    )  # fmt: skip
+    parser.add_argument(
+        "--image-size", type=int, default=224, metavar="PIXELS",
+        help="input size to check the export at (the exported model accepts any size; default 224)",
+    )  # fmt: skip
+    return parser
+
+
+def load_module(args: argparse.Namespace):
+    """(module, variables) named by the command line."""
+    if args.random_init:
+        if args.weights is not None:
+            raise ValueError("--random-init and --weights exclude each other")
+        name = args.model or DEFAULT_MODEL
+        kwargs = {} if args.num_classes is None else {"num_classes": args.num_classes}
+        module = create_model(name, **kwargs)
+        size = module.min_input_size
+        variables = module.init(jax.random.key(0), jnp.zeros((1, size, size, module.in_channels)))
+        return module, variables
+    if args.weights is None:
+        name = args.model or DEFAULT_MODEL
+        if name not in PRETRAINED:
+            raise ValueError(
+                f"no published weights named {name!r}; expected one of {', '.join(PRETRAINED)}, "
+                "or pass --weights PATH, or --random-init"
+            )
+        return load_pretrained(name, num_classes=args.num_classes)
+    return load_pretrained(args.weights, model=args.model, num_classes=args.num_classes)
+
+
+def check_export(path: str, module, variables, image_size: int) -> float:
+    """Largest |onnxruntime - Flax| logit difference on two random images of `image_size` pixels."""
+    import onnxruntime
+
+    images = np.random.default_rng(0).standard_normal((2, image_size, image_size, module.in_channels))
+    images = images.astype(np.float32)
+    expected = np.asarray(jax.jit(module.apply)(variables, images))
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {"images": images.transpose(0, 3, 1, 2)})
+    return float(np.max(np.abs(got - expected)))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        module, variables = load_module(args)
+        if args.image_size < module.min_input_size:
+            raise ValueError(f"--image-size must be at least {module.min_input_size}, got {args.image_size}")
+        path = save_onnx(module, variables, args.output)
+        difference = check_export(str(path), module, variables, args.image_size)
+    except (OSError, ValueError, DownloadError) as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 1
+    print(f"wrote {path} ({module.num_classes} classes); onnxruntime vs Flax at "
+          f"{args.image_size}x{args.image_size}: max |difference| {difference:.2e}")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

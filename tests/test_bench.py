@@ -1,0 +1,76 @@
+"""The benchmark scripts run end to end at a tiny size and report every figure (not timing)."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+import benchmark  # noqa: E402
+
+# One jax engine of each kind of worker (the other jax engines differ only in dtype or XLA_FLAGS).
+ENGINES = ["jax-f32", "torch-eager", "ort-ours", "ort-torch"]
+
+
+def test_torch_reference_computes_the_flax_model():
+    import jax
+    import numpy as np
+    import torch
+    from torch_reference import TorchSqueezeNet, load_flax_params
+
+    import flax_squeezenet as fsq
+
+    model = fsq.squeezenet1_0(num_classes=9)
+    images = np.random.default_rng(0).standard_normal((2, 40, 40, 3)).astype(np.float32)
+    variables = model.init(jax.random.key(0), images)
+    reference = load_flax_params(TorchSqueezeNet(model.stages, num_classes=9).eval(), variables["params"])
+    with torch.no_grad():
+        got = reference(torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy()
+    np.testing.assert_allclose(got, model.apply(variables, images), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_quick_benchmark_writes_table_and_json(tmp_path):
+    completed = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "benchmark.py"), "--quick", "--models", "squeezenet1_1",
+         "--engines", *ENGINES, "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    report = json.loads((tmp_path / "benchmark.json").read_text())
+    rows = {row["engine"]: row for row in report["rows"]}
+    assert set(rows) == set(ENGINES) and set(ENGINES) <= set(benchmark.ENGINES)
+    for engine, row in rows.items():
+        assert row["infer_images_per_s"] > 0 and row["latency_b1_ms"] > 0 and row["peak_rss_mib"] > 0, engine
+    for engine in ("jax-f32", "torch-eager"):
+        assert rows[engine]["train_images_per_s"] > 0
+    assert rows["jax-f32"]["compile_train_s"] > 0 and rows["jax-f32"]["flops_per_image"] > 0
+    assert report["matmul_gflops"] > 0
+    assert {(r["ours"], r["peer"]) for r in report["ratios"]} >= {("jax-f32", "torch-eager"), ("ort-ours", "ort-torch")}
+    table = (tmp_path / "benchmark.md").read_text()
+    assert "| squeezenet1_1 | ort-ours |" in table and "GFLOP per image" in table
+
+
+@pytest.mark.slow
+def test_gpu_script_runs_at_a_tiny_size(tmp_path):
+    env = dict(os.environ, PYTHON=sys.executable, GPU_BENCH_BATCH="2", GPU_BENCH_SIZE="32",
+               GPU_BENCH_REPEATS="1", GPU_BENCH_MODELS="squeezenet1_1", GPU_BENCH_ALLOW_CPU="1")  # fmt: skip
+    completed = subprocess.run(
+        ["bash", str(ROOT / "bench" / "gpu.sh"), str(tmp_path)], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    report = json.loads((tmp_path / "gpu_benchmark.json").read_text())
+    engines = {(r["engine"], r["model"], r["dtype"]) for r in report["rows"]}
+    assert len(engines) == 4  # jax and torch, float32 and bfloat16
+    assert all(r["infer_images_per_s"] > 0 and r["train_images_per_s"] > 0 for r in report["rows"])
+    assert "| squeezenet1_1 | jax | bfloat16 |" in (tmp_path / "gpu_benchmark.md").read_text()
+
+
+def test_gpu_script_wants_an_output_directory():
+    completed = subprocess.run(["bash", str(ROOT / "bench" / "gpu.sh")], capture_output=True, text=True)
+    assert completed.returncode == 2 and "usage" in completed.stderr

@@ -1,0 +1,102 @@
+"""The models' speed tricks compute the same numbers as the plain formulation, forward and backward."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import flax_squeezenet as fsq
+from flax_squeezenet import models
+
+DIMENSIONS = ("NHWC", "HWIO", "NHWC")
+
+
+def plain_max_pool(x):
+    """3x3/2 ceil-mode max-pooling as reduce_window (nn.max_pool), whose gradient XLA derives."""
+    pads = models._ceil_mode_padding(x)[1:3]
+    return nn.max_pool(x, (3, 3), strides=(2, 2), padding=pads)
+
+
+def plain_squeezenet(model, params, x):
+    """`model`'s eval-mode logits with every layer a plain convolution or reduce_window."""
+
+    def conv(x, leaf, stride=1, pad=0):
+        y = jax.lax.conv_general_dilated(x, leaf["kernel"], (stride, stride), [(pad, pad)] * 2,
+                                         dimension_numbers=DIMENSIONS)  # fmt: skip
+        return y + leaf["bias"]
+
+    fire = 2
+    for stage in model.stages:
+        if isinstance(stage, fsq.Conv):
+            x = jax.nn.relu(conv(x, params["conv1"], stage.stride))
+        elif isinstance(stage, fsq.MaxPool):
+            x = plain_max_pool(x)
+        else:
+            p = params[f"fire{fire}"]
+            s = jax.nn.relu(conv(x, p["squeeze"]))
+            y = jnp.concatenate([jax.nn.relu(conv(s, p["expand1x1"])), jax.nn.relu(conv(s, p["expand3x3"], pad=1))], -1)
+            if model.bypass != "none" and y.shape[-1] == x.shape[-1]:
+                y = y + x
+            elif model.bypass == "complex":
+                y = y + conv(x, params[f"fire{fire}_bypass"])
+            x, fire = y, fire + 1
+    return jnp.mean(jax.nn.relu(conv(x, params["classifier"])), axis=(1, 2))
+
+
+@pytest.mark.parametrize("shape", [(2, 17, 17, 3), (1, 24, 31, 5), (2, 55, 55, 4)])
+def test_max_pool_matches_reduce_window_with_ties(shape):
+    # Values on a coarse grid and ReLU zeros make many windows hold several equal maxima: the
+    # gradient must go to the same (first, row-major) one as reduce_window's.
+    x = jax.nn.relu(jnp.round(jax.random.normal(jax.random.key(0), shape) * 2) / 2)
+    fast, fast_vjp = jax.vjp(models._max_pool_ceil, x)
+    plain, plain_vjp = jax.vjp(plain_max_pool, x)
+    np.testing.assert_array_equal(fast, plain)
+    cotangent = jax.random.normal(jax.random.key(1), fast.shape)
+    np.testing.assert_allclose(fast_vjp(cotangent)[0], plain_vjp(cotangent)[0], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(jnp.float32, 1e-5), (jnp.bfloat16, 2e-2)])
+def test_1x1_conv_as_matmul_matches_convolution(dtype, tolerance):
+    x = jax.random.normal(jax.random.key(0), (2, 7, 9, 16), dtype)
+    kernel = jax.random.normal(jax.random.key(1), (1, 1, 16, 24), dtype)
+
+    def plain(x, kernel):
+        return jax.lax.conv_general_dilated(x, kernel, (1, 1), "VALID", dimension_numbers=DIMENSIONS)
+
+    def fast(x, kernel):
+        return models._conv_1x1_as_matmul(x, kernel, (1, 1), "VALID")
+
+    cotangent = jax.random.normal(jax.random.key(2), (2, 7, 9, 24), dtype)
+    (y_fast, vjp_fast), (y_plain, vjp_plain) = jax.vjp(fast, x, kernel), jax.vjp(plain, x, kernel)
+    for got, expected in [(y_fast, y_plain), *zip(vjp_fast(cotangent), vjp_plain(cotangent))]:
+        assert got.dtype == expected.dtype
+        np.testing.assert_allclose(np.float32(got), np.float32(expected), rtol=tolerance, atol=tolerance)
+
+
+def test_1x1_conv_as_matmul_refuses_other_kernels():
+    with pytest.raises(ValueError, match="1x1"):
+        models._conv_1x1_as_matmul(jnp.zeros((1, 4, 4, 2)), jnp.zeros((3, 3, 2, 2)), (1, 1), "VALID")
+
+
+@pytest.mark.parametrize("name", ["squeezenet1_1", "squeezenet1_0_complex_bypass"])
+def test_model_and_its_gradients_match_the_plain_formulation(name):
+    model = fsq.create_model(name, num_classes=6)
+    x = jax.random.normal(jax.random.key(0), (2, 37, 37, 3))
+    params = model.init(jax.random.key(1), x)["params"]
+    labels = jnp.array([1, 4])
+
+    def loss(forward, params):
+        logits = forward(params)
+        return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1)), logits
+
+    (fast_loss, fast_logits), fast_grads = jax.jit(jax.value_and_grad(
+        lambda p: loss(lambda p: model.apply({"params": p}, x), p), has_aux=True))(params)  # fmt: skip
+    (plain_loss, plain_logits), plain_grads = jax.jit(jax.value_and_grad(
+        lambda p: loss(lambda p: plain_squeezenet(model, p, x), p), has_aux=True))(params)  # fmt: skip
+    np.testing.assert_allclose(fast_logits, plain_logits, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fast_loss, plain_loss, rtol=1e-6)
+    assert jax.tree_util.tree_structure(fast_grads) == jax.tree_util.tree_structure(plain_grads)
+    for got, expected in zip(jax.tree_util.tree_leaves(fast_grads), jax.tree_util.tree_leaves(plain_grads)):
+        scale = float(jnp.abs(expected).max()) or 1.0
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5 * scale)
