@@ -1,0 +1,50 @@
+"""Optimisers and learning-rate schedules from optax, chosen by config keys."""
+
+from __future__ import annotations
+
+import optax
+
+SCHEDULES = ("constant", "linear", "warmup_cosine")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+
+
+def create_learning_rate_schedule(config, num_train_steps: int) -> optax.Schedule:
+    """The learning rate at each step: `config.schedule` after `config.warmup_steps` of linear warmup.
+
+    "constant" holds `learning_rate`; "linear" decays it linearly to
+    `learning_rate * end_learning_rate_factor` at `num_train_steps` (the SqueezeNet paper's policy);
+    "warmup_cosine" follows a cosine to that same end value.
+    """
+    if config.schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {config.schedule!r}; expected one of {', '.join(SCHEDULES)}")
+    peak = config.learning_rate
+    warmup = max(0, min(config.warmup_steps, num_train_steps - 1))
+    end = peak * config.end_learning_rate_factor
+    decay_steps = max(1, num_train_steps - warmup)
+    if config.schedule == "constant":
+        main = optax.constant_schedule(peak)
+    elif config.schedule == "linear":
+        main = optax.linear_schedule(peak, end, decay_steps)
+    else:
+        main = optax.cosine_decay_schedule(peak, decay_steps, alpha=config.end_learning_rate_factor)
+    if warmup == 0:
+        return main
+    return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), main], [warmup])
+
+
+def create_optimizer(config, learning_rate: optax.Schedule) -> optax.GradientTransformation:
+    """`config.optimizer` with optional global-norm clipping (`config.grad_clip_norm` > 0).
+
+    "adamw" decays weights decoupled from the gradient; "adam" and "sgd" (with `config.momentum`)
+    add `weight_decay * params` to the gradient (L2), as the paper's Caffe solver did.
+    """
+    if config.optimizer == "adamw":
+        optimizer = optax.adamw(learning_rate, weight_decay=config.weight_decay)
+    elif config.optimizer in ("adam", "sgd"):
+        base = optax.adam(learning_rate) if config.optimizer == "adam" else optax.sgd(learning_rate, momentum=config.momentum)
+        optimizer = optax.chain(optax.add_decayed_weights(config.weight_decay), base)
+    else:
+        raise ValueError(f"unknown optimizer {config.optimizer!r}; expected one of {', '.join(OPTIMIZERS)}")
+    if config.grad_clip_norm > 0:
+        optimizer = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), optimizer)
+    return optimizer
