@@ -364,5 +364,5 @@ def test_channels_are_converted_both_ways():
 def test_an_unprepared_tfds_dataset_without_tensorflow_is_a_clear_error(monkeypatch, tmp_path):
     pytest.importorskip("tensorflow_datasets")
     monkeypatch.setattr(sources, "tensorflow_installed", lambda: False)
-    with pytest.raises(RuntimeError, match="needs TensorFlow"):
+    with pytest.raises(FileNotFoundError, match="needs TensorFlow"):
         input_pipeline.dataset_info(make_config(dataset="mnist", data_dir=str(tmp_path)))

@@ -38,6 +38,7 @@ def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     from train import trainer
+    from train.data.sources import UnreadableImageError
 
     try:
         result = trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
@@ -47,7 +48,7 @@ def main(argv: list[str]) -> int:
     except trainer.NonFiniteLossError as error:
         logging.error("%s", error)
         return 1
-    except (ValueError, FileNotFoundError) as error:  # bad config or missing data: the message says what
+    except (ValueError, FileNotFoundError, UnreadableImageError) as error:  # bad config or data: the message says what
         logging.error("%s: %s", type(error).__name__, error)
         return 2
     evaluation = result["eval"]

@@ -76,15 +76,13 @@ def read_metrics(workdir: str | pathlib.Path) -> dict[str, dict[int, dict[str, f
 
 def plot_curves(workdir: str | pathlib.Path, output: Optional[str | pathlib.Path] = None) -> pathlib.Path:
     """Plot train and eval loss and top-1 by step from `metrics.jsonl` into a PNG; returns its path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: leaves a notebook's plotting backend alone
 
     workdir = pathlib.Path(workdir)
     output = pathlib.Path(output) if output else workdir / CURVES_PNG
     metrics = read_metrics(workdir)
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    fig = Figure(figsize=(15, 4))
+    axes = fig.subplots(1, 3)
     for ax, name, title in zip(axes, ("loss", "top1", "learning_rate"), ("loss", "top-1 accuracy", "learning rate")):
         for split in ("train", "eval"):
             rows = metrics.get(split, {})
@@ -100,7 +98,6 @@ def plot_curves(workdir: str | pathlib.Path, output: Optional[str | pathlib.Path
     fig.tight_layout()
     tmp = output.with_name(output.name + ".tmp.png")
     fig.savefig(tmp, dpi=100)
-    plt.close(fig)
     tmp.replace(output)
     return output
 

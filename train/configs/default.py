@@ -28,6 +28,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.synthetic_num_classes = 10
     config.num_workers = 0  # grain worker processes (0: threads)
     config.prefetch = 4  # batches prepared ahead
+    config.cache_images = False  # "image_folder": decode every image once, at the start, into memory
 
     # Model (flax_squeezenet.create_model).
     config.model = "squeezenet1_1"

@@ -295,7 +295,7 @@ def tfds_dataset(config: SourceConfig) -> Dataset:
     image_key, label_key = builder.info.supervised_keys or ("image", "label")
     if not builder.is_prepared():
         if not tensorflow_installed():
-            raise RuntimeError(
+            raise FileNotFoundError(
                 f"TFDS dataset {config.dataset!r} is not prepared in {builder.data_dir}, and TFDS needs TensorFlow "
                 "to prepare it: pip install tensorflow-cpu, or prepare it once elsewhere and point data_dir there"
                 + (
