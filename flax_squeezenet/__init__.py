@@ -10,6 +10,16 @@ Models are Flax linen modules over NHWC float images:
 
 `load_pretrained("squeezenet1_1")` gives torchvision's ImageNet weights, `preprocess` prepares
 images as torchvision does, and `imagenet_class_names()` names the 1,000 classes.
+
+What is where:
+- models: `FireModule`, `SqueezeNet` and its variants (`squeezenet1_0`, `squeezenet1_1`, the
+  paper's bypass variants, `squeezenet_metaparameters`), `create_model(name)`, `count_params`.
+- pretrained: `load_pretrained` / `save_pretrained` (torchvision .pth read without torch, ncnn,
+  the paper's Deep Compression file, Orbax checkpoints), with a download cache (`cache_dir`).
+- preprocess, imagenet: torchvision's ImageNet eval transform; the class names.
+- export: `to_onnx` / `save_onnx` (needs the `onnx` package).
+- cli: the `squeezenet-predict` and `squeezenet-export` commands.
+The training program is the separate `train` package (`python -m train`).
 """
 
 from flax_squeezenet.download import DownloadError, cache_dir
