@@ -118,7 +118,7 @@ def initial_params(config, model: flax_squeezenet.SqueezeNet, info: input_pipeli
         config.init_from, model=config.model, num_classes=num_classes,
         rng=jax.random.fold_in(jax.random.key(config.seed), 1), **kwargs,
     )  # fmt: skip
-    logger.info("initialised from %s (classifier for %d classes is new)", config.init_from, num_classes)
+    logger.info("initialised from %s, with a %d-class classifier", config.init_from, num_classes)
     return variables["params"]
 
 
