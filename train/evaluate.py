@@ -12,7 +12,7 @@ import logging
 import sys
 from typing import Optional
 
-from train import checkpoints, input_pipeline, parallel, steps, trainer
+from train import input_pipeline, parallel, steps, trainer
 
 
 def evaluate_checkpoint(workdir: str, split: Optional[str] = None, step: str = "best") -> dict:
@@ -21,14 +21,9 @@ def evaluate_checkpoint(workdir: str, split: Optional[str] = None, step: str = "
     if split:
         config.eval_split = split
     mesh = parallel.create_mesh()
-    info = input_pipeline.dataset_info(config)
-    state, _ = trainer.build_state(config, info, trainer.make_schedule(config, info.num_train_examples).num_train_steps, mesh)
-    manager = checkpoints.create_checkpoint_manager(f"{workdir}/{trainer.CHECKPOINT_DIR}", keep=config.keep_checkpoints, read_only=True)
-    chosen = checkpoints.choose_step(manager, step)
-    state = checkpoints.restore(manager, chosen, checkpoints.abstract_like(state, parallel.replicated_sharding(mesh)))
+    state, chosen = trainer.restore_saved_state(config, workdir, step, mesh)
     metrics = trainer.evaluate(state, config, mesh, parallel.jit_eval_step(steps.eval_step, mesh))
-    manager.close()
-    return {"step": int(chosen), "split": input_pipeline.get_data_config(config).source.eval_split, **metrics}
+    return {"step": chosen, "split": input_pipeline.get_data_config(config).source.eval_split, **metrics}
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -14,21 +14,15 @@ import pathlib
 import sys
 from typing import Optional
 
-from train import checkpoints, input_pipeline, parallel, trainer
+from train import input_pipeline, parallel, trainer
 
 
 def export_checkpoint(workdir: str, step: str = "best", output: Optional[str] = None) -> pathlib.Path:
     """Export checkpoint `step` ("best", "latest" or a number) of the run in `workdir`; returns the directory."""
     config = trainer.read_config(workdir)
-    mesh = parallel.create_mesh()
-    info = input_pipeline.dataset_info(config)
-    state, _ = trainer.build_state(config, info, trainer.make_schedule(config, info.num_train_examples).num_train_steps, mesh)
-    manager = checkpoints.create_checkpoint_manager(f"{workdir}/{trainer.CHECKPOINT_DIR}", keep=config.keep_checkpoints, read_only=True)
-    chosen = checkpoints.choose_step(manager, step)
-    state = checkpoints.restore(manager, chosen, checkpoints.abstract_like(state, parallel.replicated_sharding(mesh)))
-    manager.close()
+    state, _ = trainer.restore_saved_state(config, workdir, step, parallel.create_mesh())
     output = output or config.export_dir or f"{workdir}/{trainer.EXPORT_DIR}"
-    return trainer.export(state, config, info, output)
+    return trainer.export(state, config, input_pipeline.dataset_info(config), output)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -104,6 +104,22 @@ def read_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
+def restore_saved_state(config, workdir: str | os.PathLike, step: str, mesh) -> tuple[TrainState, int]:
+    """The train state saved at `step` ("best", "latest" or a number) in `workdir`, and that step."""
+    info = input_pipeline.dataset_info(config)
+    num_train_steps = make_schedule(config, info.num_train_examples).num_train_steps
+    state, _ = build_state(config, info, num_train_steps, mesh)
+    manager = checkpoints.create_checkpoint_manager(
+        pathlib.Path(workdir) / CHECKPOINT_DIR, keep=config.keep_checkpoints, read_only=True
+    )
+    try:
+        chosen = checkpoints.choose_step(manager, step)
+        abstract = checkpoints.abstract_like(state, parallel.replicated_sharding(mesh))
+        return checkpoints.restore(manager, chosen, abstract), int(chosen)
+    finally:
+        manager.close()
+
+
 def create_model(config, info: input_pipeline.DatasetInfo) -> flax_squeezenet.SqueezeNet:
     return flax_squeezenet.create_model(config.model, **model_kwargs(config, info.num_classes, info.image_shape[-1]))
 
