@@ -1,10 +1,9 @@
 """Speed of flax-squeezenet against its peers on this machine's CPU, side by side in one run.
 
 For each model (squeezenet1_0, squeezenet1_1 by default) and each engine:
-  jax-f32, jax-bf16   this project, jit, XLA's default options (bf16: dtype=bfloat16 compute,
-                      float32 parameters)
-  jax-f32-eigenconv   jax-f32 with XLA_FLAGS=EIGEN_CONV_XLA_FLAGS (convolutions on XLA's Eigen
-                      kernels instead of YNNPACK), to show what that option is worth here
+  jax-f32, jax-bf16   this project as it runs: jit with `flax_squeezenet.compiler_options(dtype)`
+                      (bf16: dtype=bfloat16 compute, float32 parameters)
+  jax-f32-xla-default jax-f32 jitted with XLA's default options, to show what the options are worth
   torch-eager         PyTorch eager, torchvision's architecture (bench/torch_reference.py)
   ort-ours            ONNX Runtime on `flax_squeezenet.export` output
   ort-torch           ONNX Runtime on the same architecture exported by torch.onnx.export
@@ -36,11 +35,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-# XLA:CPU (jaxlib 0.10) runs convolutions with YNNPACK by default; this option hands them to its
-# Eigen kernels, which were faster here for float32 (the 3-channel stem conv above all) and
-# slower for bfloat16. Measured as its own engine; see BENCHMARKS.md.
-EIGEN_CONV_XLA_FLAGS = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
-ENGINES = ("jax-f32", "jax-f32-eigenconv", "jax-bf16", "torch-eager", "ort-ours", "ort-torch")
+ENGINES = ("jax-f32", "jax-f32-xla-default", "jax-bf16", "torch-eager", "ort-ours", "ort-torch")
 BENCH_DIR = pathlib.Path(__file__).resolve().parent
 
 
@@ -88,15 +83,18 @@ def worker_jax(config: dict) -> dict:
     import numpy as np
     import optax
 
+    from flax_squeezenet import compiler_options
+
     model = _jax_model(config, "bfloat16" if config["engine"] == "jax-bf16" else "float32")
+    options = {} if config["engine"] == "jax-f32-xla-default" else compiler_options(model.dtype)
     batch, size, repeats = config["batch"], config["size"], config["repeats"]
     rng = np.random.default_rng(0)
     images = jnp.asarray(rng.standard_normal((batch, size, size, 3)), jnp.float32)
     labels = jnp.asarray(rng.integers(0, model.num_classes, batch), jnp.int32)
     variables = model.init(jax.random.key(0), images[:1])
-    result: dict[str, Any] = {}
+    result: dict[str, Any] = {"compiler_options": options}
 
-    apply = jax.jit(lambda variables, images: model.apply(variables, images))
+    apply = jax.jit(lambda variables, images: model.apply(variables, images), compiler_options=options)
     start = time.perf_counter()
     compiled = apply.lower(variables, images).compile()
     result["compile_apply_s"] = time.perf_counter() - start
@@ -120,7 +118,7 @@ def worker_jax(config: dict) -> dict:
 
     state = [variables["params"], optimizer.init(variables["params"])]
     key = jax.random.key(1)
-    step = jax.jit(train_step, donate_argnums=(0, 1))
+    step = jax.jit(train_step, donate_argnums=(0, 1), compiler_options=options)
     start = time.perf_counter()
     compiled_step = step.lower(state[0], state[1], images, labels, key).compile()
     result["compile_train_s"] = time.perf_counter() - start
@@ -226,7 +224,7 @@ def _export(config: dict, path: str) -> None:
 WORKERS = {
     "matmul": worker_matmul_peak,
     "jax-f32": worker_jax,
-    "jax-f32-eigenconv": worker_jax,
+    "jax-f32-xla-default": worker_jax,
     "jax-bf16": worker_jax,
     "torch-eager": worker_torch,
     "ort-ours": worker_ort,
@@ -247,8 +245,6 @@ def measure(config: dict) -> dict:
     """Run one configuration in a fresh subprocess; its result dict, or {"error": ...}."""
     env = dict(os.environ)
     env.pop("XLA_FLAGS", None)
-    if config["engine"] == "jax-f32-eigenconv":
-        env["XLA_FLAGS"] = EIGEN_CONV_XLA_FLAGS
     completed = subprocess.run(
         [sys.executable, __file__, "--worker", json.dumps(config)],
         capture_output=True, text=True, env=env,
@@ -313,7 +309,7 @@ def markdown(report: dict) -> str:
     lines = [
         f"Machine: {meta['cpu']}, {meta['cpus']} CPUs; batch {report['batch']}, {report['size']}x"
         f"{report['size']}, median of {report['repeats']}; float32 matmul peak "
-        f"{report['matmul_gflops']:.0f} GFLOP/s; jax-f32-eigenconv: XLA_FLAGS={report['eigenconv_xla_flags']}",
+        f"{report['matmul_gflops']:.0f} GFLOP/s; jax-f32 compiler options: {report['compiler_options']}",
         "",
         "| model | engine | infer img/s | b1 latency ms | train img/s | infer GFLOP/s (% peak) "
         "| compile apply s | compile train s | peak RSS MiB | XLA infer/train MiB |",
@@ -381,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": {"cpu": cpu_model(), "cpus": os.cpu_count()},
         **common,
-        "eigenconv_xla_flags": EIGEN_CONV_XLA_FLAGS,
+        "compiler_options": next((r.get("compiler_options") for r in rows if r["engine"] == "jax-f32"), None),
         "matmul_gflops": matmul["matmul_gflops"],
         "rows": rows,
     }

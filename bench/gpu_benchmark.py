@@ -25,7 +25,7 @@ def jax_rows(batch: int, size: int, repeats: int) -> list[dict]:
     import jax.numpy as jnp
     import optax
 
-    from flax_squeezenet import create_model
+    from flax_squeezenet import compiler_options, create_model
 
     rows = []
     device = str(jax.devices()[0])
@@ -35,7 +35,8 @@ def jax_rows(batch: int, size: int, repeats: int) -> list[dict]:
         for dtype in ("float32", "bfloat16"):
             model = create_model(name, dtype=getattr(jnp, dtype))
             variables = model.init(jax.random.key(0), images[:1])
-            apply = jax.jit(lambda v, x, model=model: model.apply(v, x))
+            options = compiler_options(model.dtype)
+            apply = jax.jit(lambda v, x, model=model: model.apply(v, x), compiler_options=options)
             infer = batch / median_seconds(lambda: apply(variables, images).block_until_ready(), repeats, warmup=2)
             optimizer = optax.adam(1e-3)
 
@@ -48,7 +49,7 @@ def jax_rows(batch: int, size: int, repeats: int) -> list[dict]:
                 updates, opt_state = optimizer.update(grads, opt_state, params)
                 return optax.apply_updates(params, updates), opt_state, loss
 
-            step = jax.jit(train_step, donate_argnums=(0, 1))
+            step = jax.jit(train_step, donate_argnums=(0, 1), compiler_options=options)
             state = [variables["params"], optimizer.init(variables["params"])]
 
             def run_step():
@@ -68,7 +69,7 @@ def torch_rows(batch: int, size: int, repeats: int) -> list[dict]:
         return []
     from torch_reference import TorchSqueezeNet
 
-    from flax_squeezenet import create_model
+    from flax_squeezenet import compiler_options, create_model
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu" and os.environ.get("GPU_BENCH_ALLOW_CPU") != "1":

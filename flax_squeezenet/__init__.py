@@ -17,6 +17,7 @@ What is where:
 - pretrained: `load_pretrained` / `save_pretrained` (torchvision .pth read without torch, ncnn,
   the paper's Deep Compression file, Orbax checkpoints), with a download cache (`cache_dir`).
 - preprocess, imagenet: torchvision's ImageNet eval transform; the class names.
+- xla_options: `compiler_options(dtype)`, the XLA options to jit SqueezeNet with on this backend.
 - export: `to_onnx` / `save_onnx` (needs the `onnx` package).
 - cli: the `squeezenet-predict` and `squeezenet-export` commands.
 The training program is the separate `train` package (`python -m train`).
@@ -47,6 +48,7 @@ from flax_squeezenet.models import (
 from flax_squeezenet.preprocess import IMAGENET_MEAN, IMAGENET_STD, load_image, preprocess
 from flax_squeezenet.pretrained import PRETRAINED, load_pretrained, save_pretrained
 from flax_squeezenet.pth import UnsafePickleError, load_pth
+from flax_squeezenet.xla_options import compiler_options
 
 __all__ = [
     "DownloadError",
@@ -63,6 +65,7 @@ __all__ = [
     "SqueezeNet",
     "UnsafePickleError",
     "cache_dir",
+    "compiler_options",
     "count_params",
     "create_model",
     "imagenet_class_names",

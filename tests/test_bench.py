@@ -13,7 +13,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import benchmark  # noqa: E402
 
-# One jax engine of each kind of worker (the other jax engines differ only in dtype or XLA_FLAGS).
+# One jax engine of each kind of worker (the other jax engines differ only in dtype or compiler options).
 ENGINES = ["jax-f32", "torch-eager", "ort-ours", "ort-torch"]
 
 
@@ -50,6 +50,7 @@ def test_quick_benchmark_writes_table_and_json(tmp_path):
     for engine in ("jax-f32", "torch-eager"):
         assert rows[engine]["train_images_per_s"] > 0
     assert rows["jax-f32"]["compile_train_s"] > 0 and rows["jax-f32"]["flops_per_image"] > 0
+    assert rows["jax-f32"]["compiler_options"], "jax-f32 must run with flax_squeezenet.compiler_options"
     assert report["matmul_gflops"] > 0
     assert {(r["ours"], r["peer"]) for r in report["ratios"]} >= {("jax-f32", "torch-eager"), ("ort-ours", "ort-torch")}
     table = (tmp_path / "benchmark.md").read_text()

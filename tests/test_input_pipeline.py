@@ -336,6 +336,13 @@ def test_pad_and_random_crop_is_a_crop_of_the_zero_padded_image(seed):
     np.testing.assert_array_equal(crop, padded[top : top + 7, left : left + 9])
 
 
+def test_flip_augmentation_resizes_and_mirrors_only():
+    image = np.random.default_rng(0).integers(0, 256, size=(6, 6, 1), dtype=np.uint8)
+    preprocessing = transforms.Preprocessing(6, 1, (0.0,), (1.0,), "flip", 1.0)
+    views = {transforms.augment(image, preprocessing, np.random.default_rng(seed)).tobytes() for seed in range(20)}
+    assert views == {image.tobytes(), image[:, ::-1].tobytes()}
+
+
 def test_random_resized_crop_boxes_lie_inside_the_image_and_fall_back_to_the_center():
     image = np.random.default_rng(0).integers(0, 256, size=(10, 40, 3), dtype=np.uint8)
     for seed in range(20):

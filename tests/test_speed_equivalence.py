@@ -100,3 +100,29 @@ def test_model_and_its_gradients_match_the_plain_formulation(name):
     for got, expected in zip(jax.tree_util.tree_leaves(fast_grads), jax.tree_util.tree_leaves(plain_grads)):
         scale = float(jnp.abs(expected).max()) or 1.0
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5 * scale)
+
+
+def test_compiler_options_change_kernels_not_results():
+    options = fsq.compiler_options(jnp.float32)
+    # On CPU with this jaxlib the benchmarked option must be in effect (an empty dict would mean
+    # the option was dropped and BENCHMARKS.md's figures no longer describe what runs).
+    assert options, "expected XLA:CPU options for float32 on this jaxlib"
+    assert fsq.compiler_options(jnp.bfloat16) == {}
+    model = fsq.squeezenet1_0(num_classes=7)
+    x = jax.random.normal(jax.random.key(0), (2, 45, 45, 3))
+    params = model.init(jax.random.key(1), x)["params"]
+
+    def loss_and_logits(params):
+        logits = model.apply({"params": params}, x)
+        return jnp.sum(jax.nn.log_softmax(logits)[:, 3]), logits
+
+    value_and_grad = jax.value_and_grad(loss_and_logits, has_aux=True)
+    tuned, default = jax.jit(value_and_grad, compiler_options=options), jax.jit(value_and_grad)
+    assert "ynn_fusion" in default.lower(params).compile().as_text()
+    assert tuned.lower(params).compile().as_text() != default.lower(params).compile().as_text()
+    (_, tuned_logits), tuned_grads = tuned(params)
+    (_, default_logits), default_grads = default(params)
+    np.testing.assert_allclose(tuned_logits, default_logits, rtol=1e-5, atol=1e-6)
+    for got, expected in zip(jax.tree_util.tree_leaves(tuned_grads), jax.tree_util.tree_leaves(default_grads)):
+        scale = float(jnp.abs(expected).max()) or 1.0
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5 * scale)

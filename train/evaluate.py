@@ -12,6 +12,8 @@ import logging
 import sys
 from typing import Optional
 
+import flax_squeezenet
+
 from train import input_pipeline, parallel, steps, trainer
 
 
@@ -22,7 +24,8 @@ def evaluate_checkpoint(workdir: str, split: Optional[str] = None, step: str = "
         config.eval_split = split
     mesh = parallel.create_mesh()
     state, chosen = trainer.restore_saved_state(config, workdir, step, mesh)
-    metrics = trainer.evaluate(state, config, mesh, parallel.jit_eval_step(steps.eval_step, mesh))
+    eval_step = parallel.jit_eval_step(steps.eval_step, mesh, flax_squeezenet.compiler_options(config.dtype))
+    metrics = trainer.evaluate(state, config, mesh, eval_step)
     return {"step": chosen, "split": input_pipeline.get_data_config(config).source.eval_split, **metrics}
 
 

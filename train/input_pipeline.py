@@ -25,7 +25,7 @@ below, all resolved in ``get_data_config``; other keys are ignored):
     1 or 3; grayscale is repeated to 3 channels, RGB converted to luminance for 1.
 ``augment`` (None: "crop_flip" for Fashion-MNIST and CIFAR, "crop" for MNIST, else
     "random_resized_crop")
-    "crop_flip", "crop", "random_resized_crop" or "none" (see ``train.data.transforms``). For
+    "crop_flip", "crop", "flip", "random_resized_crop" or "none" (see ``train.data.transforms``). For
     Fashion-MNIST "crop_flip" is the default: clothes are left-right symmetric, and the classes the
     model confuses (shirt, T-shirt, pullover, coat) gain from mirrored views; all shoes face left in
     both splits, so mirrored shoes are extra variety the model must absorb, an easy cost since shoes

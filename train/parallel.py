@@ -58,7 +58,7 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x), np.shape(x)), tree)
 
 
-def jit_train_step(step_fn: Callable, mesh: Mesh) -> Callable:
+def jit_train_step(step_fn: Callable, mesh: Mesh, compiler_options: dict[str, str] | None = None) -> Callable:
     """`step_fn(state, batch)` compiled for the mesh: state replicated and donated, batch on "data"."""
     replicated = replicated_sharding(mesh)
     return jax.jit(
@@ -66,20 +66,23 @@ def jit_train_step(step_fn: Callable, mesh: Mesh) -> Callable:
         in_shardings=(replicated, batch_sharding(mesh)),
         out_shardings=(replicated, replicated),
         donate_argnums=0,
+        compiler_options=compiler_options,
     )
 
 
-def jit_eval_step(step_fn: Callable, mesh: Mesh) -> Callable:
+def jit_eval_step(step_fn: Callable, mesh: Mesh, compiler_options: dict[str, str] | None = None) -> Callable:
     """`step_fn(state, batch)` compiled for the mesh (nothing donated); results replicated."""
     replicated = replicated_sharding(mesh)
-    return jax.jit(step_fn, in_shardings=(replicated, batch_sharding(mesh)), out_shardings=replicated)
+    return jax.jit(step_fn, in_shardings=(replicated, batch_sharding(mesh)), out_shardings=replicated,
+                   compiler_options=compiler_options)  # fmt: skip
 
 
 def pmap_train_step(step_fn: Callable) -> Callable:
     """`step_fn(state, batch, axis_name=...)` under pmap over this process's devices, state donated.
 
     Takes and returns the state in pmap layout and a batch of shape [local devices, per device, ...];
-    metrics come back per device (identical after the pmean).
+    metrics come back per device (identical after the pmean). `jax.pmap` takes no compiler
+    options, so `flax_squeezenet.compiler_options` apply to the jit variant only.
     """
     return jax.pmap(functools.partial(step_fn, axis_name=PMAP_AXIS), axis_name=PMAP_AXIS, donate_argnums=0)
 

@@ -254,7 +254,8 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict[str, Any]:
     initial_step = int(state.step)
 
     step_fn = functools.partial(steps.train_step, learning_rate_fn=learning_rate_fn, label_smoothing=config.label_smoothing)
-    eval_step = parallel.jit_eval_step(steps.eval_step, mesh)
+    xla_options = flax_squeezenet.compiler_options(config.dtype)
+    eval_step = parallel.jit_eval_step(steps.eval_step, mesh, xla_options)
     if config.parallel == "pmap":
         pmap_step = parallel.pmap_train_step(step_fn)
         run_state = parallel.to_pmap_layout(state)
@@ -266,7 +267,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict[str, Any]:
         def canonical(run_state):
             return parallel.from_pmap_layout(run_state, mesh)
     else:
-        jit_step = parallel.jit_train_step(step_fn, mesh)
+        jit_step = parallel.jit_train_step(step_fn, mesh, xla_options)
         run_state = state
 
         def train_step(run_state, batch):

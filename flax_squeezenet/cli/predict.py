@@ -18,6 +18,7 @@ from flax_squeezenet.download import DownloadError
 from flax_squeezenet.imagenet import NUM_CLASSES, imagenet_class_names
 from flax_squeezenet.preprocess import preprocess
 from flax_squeezenet.pretrained import PRETRAINED, load_pretrained
+from flax_squeezenet.xla_options import compiler_options
 
 PROG = "squeezenet-predict"
 DEFAULT_MODEL = "squeezenet1_1"
@@ -62,7 +63,7 @@ def predict(args: argparse.Namespace) -> list[dict]:
         module, variables = load_pretrained(args.weights, model=args.model)
     if not 1 <= args.top <= module.num_classes:
         raise ValueError(f"--top must be between 1 and {module.num_classes}, got {args.top}")
-    probabilities = np.asarray(jax.nn.softmax(jax.jit(module.apply)(variables, images)))
+    probabilities = np.asarray(jax.nn.softmax(jax.jit(module.apply, compiler_options=compiler_options(module.dtype))(variables, images)))
     labels = class_labels(module.num_classes)
     results = []
     for path, row in zip(args.images, probabilities):

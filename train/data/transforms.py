@@ -18,7 +18,7 @@ import grain
 import numpy as np
 from PIL import Image
 
-AUGMENTATIONS = ("crop_flip", "crop", "random_resized_crop", "none")
+AUGMENTATIONS = ("crop_flip", "crop", "flip", "random_resized_crop", "none")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +29,7 @@ class Preprocessing:
       - "crop_flip": resize to ``image_size``, zero-pad by ``image_size // 8`` on each side, take a
         random ``image_size`` crop, flip left-right with probability 1/2 (the CIFAR recipe).
       - "crop": the same without the flip.
+      - "flip": resize to ``image_size`` and flip left-right with probability 1/2.
       - "random_resized_crop": a random crop of 8%-100% of the area with aspect ratio in
         [3/4, 4/3], resized to ``image_size``, plus a random flip (the ImageNet recipe).
       - "none": resize only.
@@ -151,7 +152,7 @@ def augment(image: np.ndarray, preprocessing: Preprocessing, rng: np.random.Gene
     image = resize(image, size, size)
     if preprocessing.augment in ("crop", "crop_flip"):
         image = pad_and_random_crop(image, max(1, size // 8), rng)
-    if preprocessing.augment == "crop_flip":
+    if preprocessing.augment in ("crop_flip", "flip"):
         image = random_flip(image, rng)
     return image
 
