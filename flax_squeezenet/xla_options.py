@@ -8,15 +8,18 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-# Speed (XLA:CPU, jaxlib 0.10): XLA hands float32 convolutions to YNNPACK by default. Restricting
-# YNNPACK to matrix products (the 1x1 convolutions) sends the 3x3 and stem convolutions to XLA's
-# Eigen kernels instead. On a 2-core Zen 4 (BENCHMARKS.md) that made float32 inference at 224 pixels
-# 1.5x (v1.1) and 1.8x (v1.0) faster, and the train step 1.1-1.2x faster for v1.0 at 224 and for
-# v1.1 on 64-pixel Fashion-MNIST batches, but 0.8-0.9x for v1.1 at 224 (not explained yet). It is
-# the same convolution computed by another library:
-# tests/test_speed_equivalence.py checks logits and gradients against XLA's defaults.
-# In bfloat16 YNNPACK was the faster one, so there the defaults stay.
-_CPU_FLOAT32_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+# Speed (XLA:CPU, jaxlib 0.10): by default XLA hands float32 matrix products and convolutions to
+# YNNPACK and emits reductions itself. These options keep YNNPACK for matrix products (the 1x1
+# convolutions), give it the reductions too (the bias gradients and the global average pool, which
+# XLA's own loops summed at about 5 GB/s), and send the 3x3 and stem convolutions to XLA's Eigen
+# kernels. On a 2-core Zen 4, A/B in one process, the train step ran 1.25x (squeezenet1_1) and
+# 1.56x (squeezenet1_0) faster at 224 pixels, batch 32, and 1.19x on the 64-pixel Fashion-MNIST
+# preset's batches; see BENCHMARKS.md for inference. Other libraries compute the same operations:
+# tests/test_speed_equivalence.py checks logits and gradients against XLA's defaults. In bfloat16
+# YNNPACK's convolutions were the faster ones, so there the defaults stay.
+_CPU_FLOAT32_OPTIONS = {
+    "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
+}
 
 
 @functools.cache
