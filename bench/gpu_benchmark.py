@@ -69,7 +69,7 @@ def torch_rows(batch: int, size: int, repeats: int) -> list[dict]:
         return []
     from torch_reference import TorchSqueezeNet
 
-    from flax_squeezenet import compiler_options, create_model
+    from flax_squeezenet import create_model
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu" and os.environ.get("GPU_BENCH_ALLOW_CPU") != "1":

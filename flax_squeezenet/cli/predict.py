@@ -63,7 +63,8 @@ def predict(args: argparse.Namespace) -> list[dict]:
         module, variables = load_pretrained(args.weights, model=args.model)
     if not 1 <= args.top <= module.num_classes:
         raise ValueError(f"--top must be between 1 and {module.num_classes}, got {args.top}")
-    probabilities = np.asarray(jax.nn.softmax(jax.jit(module.apply, compiler_options=compiler_options(module.dtype))(variables, images)))
+    apply = jax.jit(module.apply, compiler_options=compiler_options(module.dtype))
+    probabilities = np.asarray(jax.nn.softmax(apply(variables, images)))
     labels = class_labels(module.num_classes)
     results = []
     for path, row in zip(args.images, probabilities):
