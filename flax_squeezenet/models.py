@@ -225,15 +225,31 @@ class FireModule(nn.Module):
     param_dtype: Dtype = jnp.float32
     kernel_init: Callable = kaiming_uniform
 
-    @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        return jnp.concatenate(self.branches(x), axis=-1)
+
+    @nn.compact
+    def branches(self, x: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+        """The 1x1 and the 3x3 expand branches (after ReLU) that the module concatenates."""
         options = dict(dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=self.kernel_init)
         x = nn.relu(_conv_1x1(self.squeeze, name="squeeze", **options)(x))
         e1 = nn.relu(_conv_1x1(self.expand1x1, name="expand1x1", **options)(x))
         e3 = nn.relu(
             nn.Conv(self.expand3x3, (3, 3), padding=((1, 1), (1, 1)), name="expand3x3", **options)(x)
         )
-        return jnp.concatenate([e1, e3], axis=-1)
+        return e1, e3
+
+
+# Speed (XLA:CPU): max-pooling works per channel, so pooling a Fire module's output equals
+# concatenating its pooled branches. Pooled after the concatenation, the pooling gradient feeds two
+# consumers (each branch's channels); XLA then fused its nine strided pieces into neither and wrote
+# each one out at full size (0.23 s of a 1.9 s squeezenet1_0 train step, batch 32 at 224 pixels).
+# Pooled per branch, each branch's pooling gradient is one fused loop, and the train step ran
+# 1.14-1.18x faster. tests/test_speed_equivalence.py checks the model against pooling after the
+# concatenation.
+def _fire_then_pool(fire: FireModule, x: jnp.ndarray) -> jnp.ndarray:
+    """`_max_pool_ceil(fire(x))`."""
+    return jnp.concatenate([_max_pool_ceil(branch) for branch in fire.branches(x)], axis=-1)
 
 
 class SqueezeNet(nn.Module):
@@ -299,23 +315,28 @@ class SqueezeNet(nn.Module):
         conv = functools.partial(nn.Conv, dtype=self.dtype, param_dtype=self.param_dtype)
         x = jnp.asarray(x, self.dtype)
         fire_index = 2
-        for stage in self.stages:
+        pooled = False  # whether the Fire module before this MaxPool stage has pooled already
+        for stage, next_stage in zip(self.stages, [*self.stages[1:], None]):
             if isinstance(stage, Conv):
                 x = conv(stage.features, (stage.kernel,) * 2, (stage.stride,) * 2,
                          padding="VALID", kernel_init=kaiming_uniform, name="conv1")(x)  # fmt: skip
                 x = nn.relu(x)
             elif isinstance(stage, MaxPool):
-                x = _max_pool_ceil(x)
+                x = x if pooled else _max_pool_ceil(x)
+                pooled = False
             else:
                 name = f"fire{fire_index}"
-                y = FireModule(stage.squeeze, stage.expand1x1, stage.expand3x3, dtype=self.dtype,
-                               param_dtype=self.param_dtype, name=name)(x)  # fmt: skip
-                if self.bypass != "none" and x.shape[-1] == y.shape[-1]:
-                    y = y + x
+                fire = FireModule(stage.squeeze, stage.expand1x1, stage.expand3x3, dtype=self.dtype,
+                                  param_dtype=self.param_dtype, name=name)  # fmt: skip
+                if self.bypass != "none" and x.shape[-1] == stage.features:
+                    x = fire(x) + x
                 elif self.bypass == "complex":
-                    y = y + _conv_1x1(y.shape[-1], dtype=self.dtype, param_dtype=self.param_dtype,
-                                      kernel_init=kaiming_uniform, name=f"{name}_bypass")(x)  # fmt: skip
-                x = y
+                    x = fire(x) + _conv_1x1(stage.features, dtype=self.dtype, param_dtype=self.param_dtype,
+                                            kernel_init=kaiming_uniform, name=f"{name}_bypass")(x)  # fmt: skip
+                elif isinstance(next_stage, MaxPool):
+                    x, pooled = _fire_then_pool(fire, x), True
+                else:
+                    x = fire(x)
                 fire_index += 1
         if output == "feature_map":
             return x

@@ -79,9 +79,18 @@ def test_1x1_conv_as_matmul_refuses_other_kernels():
         models._conv_1x1_as_matmul(jnp.zeros((1, 4, 4, 2)), jnp.zeros((3, 3, 2, 2)), (1, 1), "VALID")
 
 
-@pytest.mark.parametrize("name", ["squeezenet1_1", "squeezenet1_0_complex_bypass"])
-def test_model_and_its_gradients_match_the_plain_formulation(name):
-    model = fsq.create_model(name, num_classes=6)
+@pytest.mark.parametrize(
+    "name, options",
+    [
+        ("squeezenet1_1", {}),
+        ("squeezenet1_0", {}),
+        ("squeezenet1_0_complex_bypass", {}),
+        # Equal widths put an identity bypass on the Fire modules before both pools.
+        ("squeezenet_metaparameters", {"incr_e": 0, "bypass": "simple"}),
+    ],
+)
+def test_model_and_its_gradients_match_the_plain_formulation(name, options):
+    model = fsq.create_model(name, num_classes=6, **options)
     x = jax.random.normal(jax.random.key(0), (2, 37, 37, 3))
     params = model.init(jax.random.key(1), x)["params"]
     labels = jnp.array([1, 4])
