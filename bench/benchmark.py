@@ -14,9 +14,11 @@ included); jax rows add XLA's own figure (compiled memory_analysis: arguments + 
 temporaries). Also: jit compile time of apply and of the train step, FLOPs per image from XLA's
 cost analysis, and achieved GFLOP/s as a fraction of the float32 matmul peak measured in the same
 run (a 2048^3 jnp.dot). Times are medians of --repeats runs after warm-up; ratios (ours / peer)
-come from the same run.
+come from the same run. With --rounds N the whole set runs N times, one configuration after
+another, and the report gives each figure's median over the rounds and each ratio's median (with
+its per-round values), so that one disturbed round does not decide a comparison.
 
-    python bench/benchmark.py --out bench_results           # full run, a few minutes on 2 cores
+    python bench/benchmark.py --rounds 3 --out bench_results  # full run, 15 minutes on 2 cores
     python bench/benchmark.py --quick --out /tmp/bench      # tiny sizes, checks the script works
 """
 
@@ -298,6 +300,26 @@ def summarise(rows: list[dict], matmul_gflops: float) -> list[dict]:
     return ratios
 
 
+def median_over_rounds(rounds: list[list[dict]]) -> list[dict]:
+    """One dict per position of the rounds' lists (rows or ratios in the same order each round):
+    every number the median of its values in the rounds that have it, other fields as in round 1;
+    ratios keep their per-round values under "per_round"."""
+    merged = []
+    for entries in zip(*rounds):
+        result = dict(entries[0])
+        for key, value in entries[0].items():
+            if isinstance(value, float):
+                values = [e[key] for e in entries if isinstance(e.get(key), float)]
+                result[key] = statistics.median(values)
+        if "peer" in result and len(entries) > 1:
+            result["per_round"] = {
+                metric: [e.get(metric) for e in entries]
+                for metric in ("infer_images_per_s", "train_images_per_s") if metric in result
+            }
+        merged.append(result)
+    return merged
+
+
 def _cell(value: Any, digits: int = 1) -> str:
     if value is None:
         return "-"
@@ -308,7 +330,9 @@ def markdown(report: dict) -> str:
     meta = report["machine"]
     lines = [
         f"Machine: {meta['cpu']}, {meta['cpus']} CPUs; batch {report['batch']}, {report['size']}x"
-        f"{report['size']}, median of {report['repeats']}; float32 matmul peak "
+        f"{report['size']}, median of {report['repeats']} timed runs"
+        + (f", then of {report['rounds']} rounds" if report["rounds"] > 1 else "")
+        + "; float32 matmul peak "
         f"{report['matmul_gflops']:.0f} GFLOP/s; jax-f32 compiler options: {report['compiler_options']}",
         "",
         "| model | engine | infer img/s | b1 latency ms | train img/s | infer GFLOP/s (% peak) "
@@ -330,10 +354,16 @@ def markdown(report: dict) -> str:
         )
     lines += ["", "| model | ours | peer | infer ratio | train ratio |", "|---|---|---|---|---|"]
     for q in report["ratios"]:
-        lines.append(
-            f"| {q['model']} | {q['ours']} | {q['peer']} | {_cell(q.get('infer_images_per_s'), 2)} "
-            f"| {_cell(q.get('train_images_per_s'), 2)} |"
-        )
+        cells = []
+        for metric in ("infer_images_per_s", "train_images_per_s"):
+            cell = _cell(q.get(metric), 2)
+            per_round = q.get("per_round", {}).get(metric)
+            if per_round and q.get(metric) is not None:
+                cell += " (" + ", ".join(_cell(v, 2) for v in per_round) + ")"
+            cells.append(cell)
+        lines.append(f"| {q['model']} | {q['ours']} | {q['peer']} | {cells[0]} | {cells[1]} |")
+    if report["rounds"] > 1:
+        lines += ["", "Ratios: median over the rounds, each round's value in brackets."]
     flops = {r["model"]: r.get("flops_per_image") for r in report["rows"] if r["engine"] == "jax-f32"}
     lines += [""] + [f"{m}: {f / 1e9:.3f} GFLOP per image (XLA cost analysis, inference)"
                      for m, f in flops.items() if f]  # fmt: skip
@@ -347,10 +377,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per figure (median)")
+    parser.add_argument("--rounds", type=int, default=1, help="runs of the whole set (medians over them)")
     parser.add_argument("--quick", action="store_true", help="batch 2, 64x64, 1 repeat: checks the script runs")
     parser.add_argument("--out", type=pathlib.Path, help="directory for benchmark.md and benchmark.json")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.rounds < 1 or args.repeats < 1:
+        parser.error(f"expected --rounds >= 1 and --repeats >= 1, got {args.rounds} and {args.repeats}")
     if args.quick:
         args.batch, args.size, args.repeats = 2, 64, 1
     return args
@@ -362,26 +395,35 @@ def main(argv: list[str] | None = None) -> int:
         run_worker(json.loads(args.worker))
         return 0
     common = {"batch": args.batch, "size": args.size, "repeats": args.repeats}
-    matmul = measure({"engine": "matmul", "matmul_size": 256 if args.quick else 2048, **common})
-    if "error" in matmul:
-        print(f"matmul peak failed: {matmul['error']}", file=sys.stderr)
-        return 1
-    rows = []
-    for model in args.models:
-        for engine in args.engines:
-            started = time.perf_counter()
-            row = {"model": model, "engine": engine, **measure({"model": model, "engine": engine, **common})}
-            print(f"{model} {engine}: {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
-            rows.append(row)
+    date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    rounds = []
+    for round_index in range(args.rounds):
+        matmul = measure({"engine": "matmul", "matmul_size": 256 if args.quick else 2048, **common})
+        if "error" in matmul:
+            print(f"matmul peak failed: {matmul['error']}", file=sys.stderr)
+            return 1
+        rows = []
+        for model in args.models:
+            for engine in args.engines:
+                started = time.perf_counter()
+                row = {"model": model, "engine": engine, **measure({"model": model, "engine": engine, **common})}
+                print(f"round {round_index + 1}: {model} {engine}: {time.perf_counter() - started:.0f} s",
+                      file=sys.stderr, flush=True)  # fmt: skip
+                rows.append(row)
+        rounds.append({"matmul_gflops": matmul["matmul_gflops"], "rows": rows,
+                       "ratios": summarise(rows, matmul["matmul_gflops"])})  # fmt: skip
+    rows = median_over_rounds([r["rows"] for r in rounds])
     report = {
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "date": date,
         "machine": {"cpu": cpu_model(), "cpus": os.cpu_count()},
         **common,
+        "rounds": args.rounds,
         "compiler_options": next((r.get("compiler_options") for r in rows if r["engine"] == "jax-f32"), None),
-        "matmul_gflops": matmul["matmul_gflops"],
+        "matmul_gflops": statistics.median(r["matmul_gflops"] for r in rounds),
         "rows": rows,
+        "ratios": median_over_rounds([r["ratios"] for r in rounds]),
+        "each_round": rounds if args.rounds > 1 else [],
     }
-    report["ratios"] = summarise(rows, matmul["matmul_gflops"])
     table = markdown(report)
     print(table)
     if args.out:

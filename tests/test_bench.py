@@ -34,6 +34,25 @@ def test_torch_reference_computes_the_flax_model():
     np.testing.assert_allclose(got, model.apply(variables, images), rtol=1e-4, atol=1e-6)
 
 
+def test_rounds_report_each_figure_and_ratio_as_its_median():
+    rounds = [
+        [{"model": "m", "engine": "jax-f32", "train_images_per_s": t, "compile_train_s": c, "options": {"a": "b"}}]
+        for t, c in [(10.0, 3.0), (30.0, 5.0), (20.0, 4.0)]
+    ]
+    (row,) = benchmark.median_over_rounds(rounds)
+    assert row == {"model": "m", "engine": "jax-f32", "train_images_per_s": 20.0, "compile_train_s": 4.0,
+                   "options": {"a": "b"}}  # fmt: skip
+    ratios = [[{"model": "m", "ours": "jax-f32", "peer": "torch-eager", "train_images_per_s": r}] for r in (1.3, 0.9, 1.1)]
+    (ratio,) = benchmark.median_over_rounds(ratios)
+    assert ratio["train_images_per_s"] == 1.1
+    assert ratio["per_round"] == {"train_images_per_s": [1.3, 0.9, 1.1]}
+    report = {"machine": {"cpu": "x", "cpus": 2}, "batch": 32, "size": 224, "repeats": 5, "rounds": 3,
+              "matmul_gflops": 180.0, "compiler_options": {}, "rows": [], "ratios": [ratio]}  # fmt: skip
+    table = benchmark.markdown(report)
+    assert "| m | jax-f32 | torch-eager | - | 1.10 (1.30, 0.90, 1.10) |" in table
+    assert "then of 3 rounds" in table
+
+
 @pytest.mark.slow
 def test_quick_benchmark_writes_table_and_json(tmp_path):
     completed = subprocess.run(
