@@ -292,7 +292,7 @@ def summarise(rows: list[dict], matmul_gflops: float) -> list[dict]:
                     ratio[metric] = row[metric] / other[metric]
             if len(ratio) > 3:
                 ratios.append(ratio)
-    for model in {r["model"] for r in rows}:
+    for model in dict.fromkeys(r["model"] for r in rows):
         ours, theirs = by_key.get((model, "ort-ours"), {}), by_key.get((model, "ort-torch"), {})
         if ours.get("infer_images_per_s") and theirs.get("infer_images_per_s"):
             ratios.append({"model": model, "ours": "ort-ours", "peer": "ort-torch",
@@ -300,13 +300,19 @@ def summarise(rows: list[dict], matmul_gflops: float) -> list[dict]:
     return ratios
 
 
+def _identity(entry: dict) -> tuple:
+    return tuple(entry.get(key) for key in ("model", "engine", "ours", "peer"))
+
+
 def median_over_rounds(rounds: list[list[dict]]) -> list[dict]:
-    """One dict per position of the rounds' lists (rows or ratios in the same order each round):
-    every number the median of its values in the rounds that have it, other fields as in round 1;
+    """One dict per row or ratio of round 1, matched across rounds by model and engines: every
+    number the median of its values in the rounds that have it, other fields as in round 1;
     ratios keep their per-round values under "per_round"."""
+    by_identity = [{_identity(entry): entry for entry in entries} for entries in rounds]
     merged = []
-    for entries in zip(*rounds):
-        result = dict(entries[0])
+    for first in rounds[0]:
+        entries = [same[_identity(first)] for same in by_identity if _identity(first) in same]
+        result = dict(first)
         for key, value in entries[0].items():
             if isinstance(value, float):
                 values = [e[key] for e in entries if isinstance(e.get(key), float)]

@@ -42,8 +42,14 @@ def test_rounds_report_each_figure_and_ratio_as_its_median():
     (row,) = benchmark.median_over_rounds(rounds)
     assert row == {"model": "m", "engine": "jax-f32", "train_images_per_s": 20.0, "compile_train_s": 4.0,
                    "options": {"a": "b"}}  # fmt: skip
-    ratios = [[{"model": "m", "ours": "jax-f32", "peer": "torch-eager", "train_images_per_s": r}] for r in (1.3, 0.9, 1.1)]
-    (ratio,) = benchmark.median_over_rounds(ratios)
+    ratios = [
+        [{"model": "m", "ours": "jax-f32", "peer": "torch-eager", "train_images_per_s": r},
+         {"model": "n", "ours": "jax-f32", "peer": "torch-eager", "train_images_per_s": 5.0}]
+        for r in (1.3, 0.9, 1.1)
+    ]  # fmt: skip
+    ratios[1].reverse()  # rounds are matched by model and engines, not by position
+    ratio, other = benchmark.median_over_rounds(ratios)
+    assert other["train_images_per_s"] == 5.0
     assert ratio["train_images_per_s"] == 1.1
     assert ratio["per_round"] == {"train_images_per_s": [1.3, 0.9, 1.1]}
     report = {"machine": {"cpu": "x", "cpus": 2}, "batch": 32, "size": 224, "repeats": 5, "rounds": 3,
