@@ -245,7 +245,7 @@ class FireModule(nn.Module):
 # consumers (each branch's channels); XLA then fused its nine strided pieces into neither and wrote
 # each one out at full size (0.23 s of a 1.9 s squeezenet1_0 train step, batch 32 at 224 pixels).
 # Pooled per branch, each branch's pooling gradient is one fused loop, and the train step ran
-# 1.14-1.18x faster. tests/test_speed_equivalence.py checks the model against pooling after the
+# 1.14-1.22x faster (BENCHMARKS.md). tests/test_speed_equivalence.py checks the model against pooling after the
 # concatenation.
 def _fire_then_pool(fire: FireModule, x: jnp.ndarray) -> jnp.ndarray:
     """`_max_pool_ceil(fire(x))`."""
@@ -331,8 +331,9 @@ class SqueezeNet(nn.Module):
                 if self.bypass != "none" and x.shape[-1] == stage.features:
                     x = fire(x) + x
                 elif self.bypass == "complex":
-                    x = fire(x) + _conv_1x1(stage.features, dtype=self.dtype, param_dtype=self.param_dtype,
-                                            kernel_init=kaiming_uniform, name=f"{name}_bypass")(x)  # fmt: skip
+                    shortcut = _conv_1x1(stage.features, dtype=self.dtype, param_dtype=self.param_dtype,
+                                         kernel_init=kaiming_uniform, name=f"{name}_bypass")  # fmt: skip
+                    x = fire(x) + shortcut(x)
                 elif isinstance(next_stage, MaxPool):
                     x, pooled = _fire_then_pool(fire, x), True
                 else:
