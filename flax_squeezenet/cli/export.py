@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flax_squeezenet.cli import device_export
 from flax_squeezenet.download import DownloadError
 from flax_squeezenet.export import save_onnx
 from flax_squeezenet.models import MODELS, create_model
@@ -53,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--image-size", type=int, default=224, metavar="PIXELS",
         help="input size to check the export at (the exported model accepts any size; default 224)",
     )  # fmt: skip
+    device_export.add_options(parser)
     return parser
 
 
@@ -96,6 +98,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         module, variables = load_module(args)
         if args.image_size < module.min_input_size:
             raise ValueError(f"--image-size must be at least {module.min_input_size}, got {args.image_size}")
+        if args.int8 or args.calibration or args.input_shape:
+            print(device_export.export(args, module, variables))
+            return 0
         path = save_onnx(module, variables, args.output)
         difference = check_export(str(path), module, variables, args.image_size)
     except (OSError, ValueError, DownloadError) as error:
