@@ -2,13 +2,11 @@
 
 The float32 graph of `flax_squeezenet.export.to_onnx` goes through `onnxruntime.quantization.
 quantize_static` in QDQ format: per-channel symmetric int8 weights, uint8 activations, ranges
-calibrated on real images (a folder, run through the model's own preprocessing). Two nodes stay in
-float, chosen by measurement (BENCHMARKS.md, "int8 ONNX"):
-- the final GlobalAveragePool: quantizing its output quantizes the logits themselves, so logits
-  beyond the calibration images' largest one saturate and close logits collapse onto one uint8
-  step (tests/test_int8.py::test_int8_agrees_with_flax_on_held_back_photos);
-- the stem convolution: its input is the normalised image, whose uint8 step is coarser than a pixel
-  level, and its weights see the most sensitive error of any layer.
+calibrated on real images (a folder, run through the model's own preprocessing). The final
+GlobalAveragePool stays in float: quantizing its output quantizes the logits themselves, so logits
+beyond the largest one seen in calibration saturate (tests/test_int8.py::
+test_int8_agrees_with_flax_on_held_back_photos). Keeping the stem convolution in float as well was
+measured and did not help (BENCHMARKS.md, "int8 ONNX").
 Needs `onnx` and `onnxruntime` (the `export` extra).
 """
 
@@ -30,7 +28,7 @@ from flax_squeezenet.models import SqueezeNet
 from flax_squeezenet.preprocess import CROP_SIZE, IMAGENET_MEAN, IMAGENET_STD, RESIZE_SIZE, preprocess_one, to_pil
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-FLOAT_NODES = ("conv1/conv", "pooled")  # names given by export.to_onnx; see the module docstring
+FLOAT_NODES = ("pooled",)  # the node names export.to_onnx gives; see the module docstring
 CALIBRATION_BATCH = 16
 HELD_BACK = 0.25  # of a calibration folder, set aside to check the int8 model against the Flax model
 MAX_IMAGES = 300  # per part (calibration, held back): bounds memory and calibration time
@@ -125,6 +123,18 @@ def with_fixed_input_shape(proto: Any, shape: Sequence[int]) -> Any:
     return onnx.shape_inference.infer_shapes(fixed, strict_mode=True)
 
 
+def require_onnxruntime() -> Any:
+    """The `onnxruntime` module; ImportError naming the extra to install when it is absent."""
+    try:
+        import onnxruntime
+        import onnxruntime.quantization
+    except ImportError:
+        raise ImportError(
+            "int8 ONNX export needs onnx and onnxruntime: pip install 'flax-squeezenet[export]'"
+        ) from None
+    return onnxruntime
+
+
 def _calibration_reader(images_nchw: np.ndarray, batch: int):
     from onnxruntime.quantization import CalibrationDataReader
 
@@ -139,11 +149,13 @@ def _calibration_reader(images_nchw: np.ndarray, batch: int):
     return Reader()
 
 
-def quantize_int8(proto: Any, calibration_nhwc: np.ndarray) -> Any:
+def quantize_int8(proto: Any, calibration_nhwc: np.ndarray, float_nodes: Sequence[str] = FLOAT_NODES) -> Any:
     """The int8 QDQ `onnx.ModelProto` of the float32 export `proto`, calibrated on `calibration_nhwc`.
 
-    With a fixed input batch, calibration runs in batches of exactly that size.
+    The nodes named in `float_nodes` stay in float. With a fixed input batch, calibration runs in
+    batches of exactly that size.
     """
+    require_onnxruntime()
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -154,12 +166,13 @@ def quantize_int8(proto: Any, calibration_nhwc: np.ndarray) -> Any:
     images = calibration_nhwc.transpose(0, 3, 1, 2)
     images = images[: len(images) // batch * batch] if len(images) >= batch else np.resize(images, (batch, *images.shape[1:]))
     with tempfile.TemporaryDirectory(prefix="flax_squeezenet_int8_") as scratch:
-        output = pathlib.Path(scratch) / "int8.onnx"
+        source, output = pathlib.Path(scratch) / "float32.onnx", pathlib.Path(scratch) / "int8.onnx"
+        onnx.save(proto, source)  # quantize_static moves a ModelProto's weights out to a temporary file
         quantize_static(
-            proto, output, _calibration_reader(images, batch),
+            source, output, _calibration_reader(images, batch),
             quant_format=QuantFormat.QDQ, per_channel=True,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=list(FLOAT_NODES),
+            calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=list(float_nodes),
         )  # fmt: skip
         return onnx.load(output)
 
@@ -184,8 +197,7 @@ def write_onnx(proto: Any, path: str | os.PathLike) -> pathlib.Path:
 
 def run_onnx(path_or_proto: Any, images_nhwc: np.ndarray) -> np.ndarray:
     """Logits of the ONNX model on NHWC images, in onnxruntime's CPU provider with default options."""
-    import onnxruntime
-
+    onnxruntime = require_onnxruntime()
     model = path_or_proto if isinstance(path_or_proto, (str, os.PathLike)) else path_or_proto.SerializeToString()
     session = onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"])
     (images,) = session.get_inputs()
@@ -271,6 +283,7 @@ def save_int8_onnx_from_folder(
         image_size = input_shape[2]
         if input_shape[2] != input_shape[3]:
             raise ValueError(f"expected a square input shape (H = W), got {'x'.join(map(str, input_shape))}")
+    require_onnxruntime()
     mean, std = normalisation(module.in_channels, mean, std)
     calibration_files, held_back_files = split_held_back(image_files(folder), HELD_BACK, MAX_IMAGES)
     prepare = functools.partial(

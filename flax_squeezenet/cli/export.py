@@ -103,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         path = save_onnx(module, variables, args.output)
         difference = check_export(str(path), module, variables, args.image_size)
-    except (OSError, ValueError, DownloadError) as error:
+    except (OSError, ValueError, ImportError, DownloadError) as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 1
     print(f"wrote {path} ({module.num_classes} classes); onnxruntime vs Flax at "
