@@ -276,8 +276,9 @@ def save_int8_onnx_from_folder(
 
     A fixed share (`HELD_BACK`) of the folder is not used for calibration: the returned `Agreement`
     compares the written file, in onnxruntime, with the Flax model on those images. Images are
-    prepared as `preprocess` does, scaled to `image_size` (the input shape's, when given): shorter
-    side to image_size * 256 / 224, center crop image_size; `mean`/`std` default to ImageNet's.
+    prepared as `preprocess` does at `image_size` (the input shape's, when given): at 224, shorter
+    side to 256 and center crop 224, as for ImageNet; at other sizes, shorter side to `image_size`
+    and center crop, as the training program's evaluation does. `mean`/`std` default to ImageNet's.
     """
     if input_shape is not None:
         image_size = input_shape[2]
@@ -288,7 +289,7 @@ def save_int8_onnx_from_folder(
     calibration_files, held_back_files = split_held_back(image_files(folder), HELD_BACK, MAX_IMAGES)
     prepare = functools.partial(
         preprocess_for_model, channels=module.in_channels, image_size=image_size,
-        resize_size=round(image_size * RESIZE_SIZE / CROP_SIZE), mean=mean, std=std,
+        resize_size=RESIZE_SIZE if image_size == CROP_SIZE else image_size, mean=mean, std=std,
     )  # fmt: skip
     held_back = prepare(held_back_files)
     written = save_int8_onnx(module, variables, path, prepare(calibration_files), input_shape=input_shape)
