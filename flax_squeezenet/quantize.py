@@ -162,9 +162,13 @@ def quantize_int8(proto: Any, calibration_nhwc: np.ndarray, float_nodes: Sequenc
     if len(calibration_nhwc) == 0:
         raise ValueError("expected at least one calibration image")
     batch_dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
-    batch = batch_dim.dim_value if batch_dim.HasField("dim_value") else CALIBRATION_BATCH
     images = calibration_nhwc.transpose(0, 3, 1, 2)
-    images = images[: len(images) // batch * batch] if len(images) >= batch else np.resize(images, (batch, *images.shape[1:]))
+    if batch_dim.HasField("dim_value"):
+        batch = batch_dim.dim_value
+        whole = max(len(images) // batch, 1) * batch  # repeats images when there are fewer than a batch
+        images = np.resize(images, (whole, *images.shape[1:]))
+    else:
+        batch = CALIBRATION_BATCH
     with tempfile.TemporaryDirectory(prefix="flax_squeezenet_int8_") as scratch:
         source, output = pathlib.Path(scratch) / "float32.onnx", pathlib.Path(scratch) / "int8.onnx"
         onnx.save(proto, source)  # quantize_static moves a ModelProto's weights out to a temporary file

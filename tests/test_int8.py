@@ -148,11 +148,24 @@ def test_missing_onnxruntime_names_the_extra(tmp_path, capsys, monkeypatch):
     assert "pip install 'flax-squeezenet[export]'" in error
 
 
-@pytest.mark.parametrize(("text", "valid"), [("1x3x224x224", True), ("1x3x224", False), ("0x3x8x8", False), ("ax3x8x8", False)])
-def test_input_shape_option(text, valid, capsys):
-    if valid:
-        assert export_cli.build_parser().parse_args(["--output", "x", "--input-shape", text]).input_shape == (1, 3, 224, 224)
-    else:
+def test_input_shape_option(capsys):
+    parser = export_cli.build_parser()
+    assert parser.parse_args(["--output", "x", "--input-shape", "1x3x224x224"]).input_shape == (1, 3, 224, 224)
+    for text in ("1x3x224", "0x3x8x8", "ax3x8x8"):
         with pytest.raises(SystemExit):
-            export_cli.build_parser().parse_args(["--output", "x", "--input-shape", text])
+            parser.parse_args(["--output", "x", "--input-shape", text])
         assert "expected NxCxHxW" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--int8"], "--int8 and --calibration IMAGES go together"),
+        (["--input-shape", "1x1x32x32"], "expected an input shape Nx3xHxW"),
+        (["--input-shape", "1x3x8x8"], "height and width must be at least 17"),
+    ],
+)
+def test_option_errors(tmp_path, capsys, args, message):
+    output = tmp_path / "m.onnx"
+    assert message in run_cli_error(capsys, *args, "--output", str(output))
+    assert not output.exists()

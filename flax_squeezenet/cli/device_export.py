@@ -48,10 +48,14 @@ def export(args: argparse.Namespace, module, variables) -> str:
             module, variables, args.output, args.calibration, image_size=args.image_size,
             input_shape=args.input_shape, mean=args.mean, std=args.std,
         )  # fmt: skip
-        return (f"wrote int8 {args.output}; vs Flax on {result.images} held-back images: top-1 agreement "
-                f"{100 * result.top1_agreement:.1f}%, max |logit difference| {result.max_logit_difference:.2f}")  # fmt: skip
+        return (
+            f"wrote int8 {args.output}; vs Flax on {result.images} held-back images: top-1 agreement "
+            f"{100 * result.top1_agreement:.1f}%, max |logit difference| {result.max_logit_difference:.2f}"
+        )
     proto = quantize.with_fixed_input_shape(to_onnx(module, variables), args.input_shape)
     path = quantize.write_onnx(proto, args.output)
-    images = np.random.default_rng(0).standard_normal([args.input_shape[i] for i in (0, 2, 3, 1)]).astype(np.float32)
+    batch, channels, height, width = args.input_shape
+    images = np.random.default_rng(0).standard_normal((batch, height, width, channels)).astype(np.float32)
     result = quantize.agreement(quantize.flax_logits(module, variables, images), quantize.run_onnx(path, images))
-    return f"wrote {path} (input {'x'.join(map(str, args.input_shape))}); max |difference| {result.max_logit_difference:.2e}"
+    shape = "x".join(map(str, args.input_shape))
+    return f"wrote {path} (input {shape}); onnxruntime vs Flax: max |difference| {result.max_logit_difference:.2e}"
