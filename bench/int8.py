@@ -9,6 +9,7 @@ onnxruntime (CPU provider, default options) at batch 32 and batch 1, alternating
 each repeat, as medians.
 
     python bench/int8.py --out bench_results/int8.json
+    python bench/int8.py --workdir runs/fashion_mnist   # a training run's test top-1, float32 vs int8 ONNX
 """
 
 from __future__ import annotations
@@ -94,13 +95,55 @@ def speed_rows(model, variables, calibration, repeats: int) -> list[dict]:
     return rows
 
 
+def split_arrays(config, split: str, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(images NHWC, labels) of `split` as the training program's evaluation prepares them."""
+    from train import input_pipeline
+
+    config = config.copy_and_resolve_references()
+    config.eval_split = split
+    images, labels = [], []
+    for batch in input_pipeline.create_eval_batches(config):
+        mask = np.asarray(batch["mask"])
+        images.append(np.asarray(batch["image"])[mask])
+        labels.append(np.asarray(batch["label"])[mask])
+        if limit is not None and sum(map(len, images)) >= limit:
+            break
+    return np.concatenate(images)[:limit], np.concatenate(labels)[:limit]
+
+
+def trained_model_rows(workdir: pathlib.Path, calibration_count: int) -> list[dict]:
+    """Test top-1 of a training run's exported model as float32 and int8 ONNX (int8 calibrated on train images)."""
+    from train import trainer
+
+    config = trainer.read_config(workdir)
+    model, variables = fsq.load_pretrained(workdir / "export")
+    calibration, _ = split_arrays(config, "train", calibration_count)
+    test_images, test_labels = split_arrays(config, "test")
+    proto = fsq.to_onnx(model, variables)
+    reference = quantize.run_onnx(proto, test_images)
+    int8 = quantize.run_onnx(quantize.quantize_int8(proto, calibration), test_images)
+    agreement = quantize.agreement(reference, int8)
+    return [{
+        "workdir": str(workdir), "test images": len(test_labels), "calibration train images": len(calibration),
+        "float32 top1": float(np.mean(reference.argmax(1) == test_labels)),
+        "int8 top1": float(np.mean(int8.argmax(1) == test_labels)),
+        "agreement": agreement.top1_agreement, "max_logit_difference": agreement.max_logit_difference,
+    }]  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shared", default=str(ROOT.parent / "shared"), help="the shared data folder")
     parser.add_argument("--calibration", type=int, default=250, help="photos to calibrate on")
     parser.add_argument("--repeats", type=int, default=5, help="alternating speed measurements")
     parser.add_argument("--out", help="also write the results as JSON here")
+    parser.add_argument("--workdir", type=pathlib.Path, help="instead: a training run's test top-1, float32 vs int8")
     args = parser.parse_args()
+    if args.workdir is not None:
+        results = {"trained": trained_model_rows(args.workdir, args.calibration)}
+        print(json.dumps(results["trained"][0]))
+        write_json(results, args.out)
+        return
     shared = pathlib.Path(args.shared)
     photos = quantize.image_files(shared / "data/imagenet-photos")
     photos = [photos[i] for i in np.random.default_rng(0).permutation(len(photos))]
@@ -117,9 +160,13 @@ def main() -> None:
     for section in results.values():
         for row in section:
             print(json.dumps(row))
-    if args.out:
-        pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        pathlib.Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    write_json(results, args.out)
+
+
+def write_json(results: dict, path: str | None) -> None:
+    if path:
+        pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+        pathlib.Path(path).write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":
