@@ -2,6 +2,12 @@
 
 Every source has ``__len__`` and ``__getitem__`` (grain's ``RandomAccessDataSource`` protocol), is
 picklable (grain worker processes receive a copy), and reads nothing it does not need.
+
+Data problems that would change what is trained or measured stop a run when its dataset is opened,
+with a ``ValueError`` of one line naming the file, folder or config key: an unknown split (the idx
+files, image folders and synthetic data have "train" and "test"; TFDS names its own), a cut-off or
+corrupt idx file, a train class folder without images. An image that cannot be decoded raises
+``UnreadableImageError`` (a ``ValueError``) naming it when it is read.
 """
 
 from __future__ import annotations
