@@ -127,7 +127,11 @@ def test_a_cut_off_image_is_refused_naming_it_or_decodes_whole(tmp_path, fmt, su
 def test_an_unreadable_eval_image_reaches_the_evaluate_cli_as_one_line(folders, monkeypatch, capsys):
     broken = pathlib.Path(folders.eval_folder) / "dog" / "cut.jpg"
     broken.write_bytes(image_bytes("JPEG")[:100])
-    monkeypatch.setattr(evaluate, "evaluate_checkpoint", lambda *args: list(input_pipeline.create_eval_batches(folders)))
+
+    def evaluate_checkpoint(*args):  # the eval pass alone: no checkpoint needed
+        return list(input_pipeline.create_eval_batches(folders))
+
+    monkeypatch.setattr(evaluate, "evaluate_checkpoint", evaluate_checkpoint)
     assert evaluate.main(["--workdir", "unused"]) == 2
     message = capsys.readouterr().err
     assert message.count("\n") == 1 and "cut.jpg" in message and "Traceback" not in message
@@ -167,7 +171,8 @@ def test_an_unknown_split_is_refused_naming_the_valid_ones(folders, tmp_path, da
 
 def test_the_train_split_can_be_evaluated_on_every_local_dataset(folders, tmp_path):
     for config in (make_config(), make_config(**folders), fashion_config(write_fashion_mnist(tmp_path / "fm"))):
-        dataset = sources.open_dataset(input_pipeline.get_data_config(make_config(**{**config, "eval_split": "train"})).source)
+        config.eval_split = "train"
+        dataset = sources.open_dataset(input_pipeline.get_data_config(config).source)
         assert len(dataset.eval) == len(dataset.train)
         assert [dataset.eval[i]["label"] for i in range(3)] == [dataset.train[i]["label"] for i in range(3)]
         np.testing.assert_array_equal(dataset.eval[2]["image"], dataset.train[2]["image"])

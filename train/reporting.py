@@ -116,7 +116,8 @@ def truncate_metrics(workdir: str | pathlib.Path, resume_step: int) -> None:
             kept.pop((row["step"], row["split"]), None)
             kept[(row["step"], row["split"])] = row
     if len(kept) < len(rows):
-        logger.info("metrics: dropping %d rows logged after step %d or logged twice", len(rows) - len(kept), resume_step)
+        dropped = len(rows) - len(kept)
+        logger.info("metrics: dropping %d rows logged after step %d or logged twice", dropped, resume_step)
     for name, text in (
         (METRICS_JSONL, "".join(json.dumps(row) + "\n" for row in kept.values())),
         (METRICS_CSV, csv_text(kept.values(), header=True)),
