@@ -277,7 +277,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict[str, Any]:
             return run_state
     del state
 
-    writer = reporting.MetricWriter(workdir, enabled=is_main)
+    writer = reporting.MetricWriter(workdir, enabled=is_main, resume_step=initial_step)
     if config.measure_pipeline_throughput and initial_step < schedule.num_train_steps:
         pipeline_rate = input_pipeline.measure_throughput(config)
         logger.info("input pipeline alone: %.0f images/s (this process)", pipeline_rate)
