@@ -47,7 +47,7 @@ def _eight_bit(image: Image.Image, source: str) -> Image.Image:
                 f"{source} is a {'float' if image.mode == 'F' else '32-bit integer'} image with values from "
                 f"{low} to {high}: expected 0-255 (convert it to 8-bit RGB or grayscale first)"
             )
-        return Image.fromarray(np.rint(np.asarray(image, np.float64)).astype(np.uint8), "L")
+        return image
     return image.convert(CONVERSION_STEPS[image.mode]) if image.mode in CONVERSION_STEPS else image
 
 

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flax_squeezenet import files
-from flax_squeezenet.cli.arguments import OneLineErrorParser, positive_int
+from flax_squeezenet.cli.common import OneLineErrorParser, positive_int, quiet_library_logs
 from flax_squeezenet.download import DownloadError
 from flax_squeezenet.export import save_onnx
 from flax_squeezenet.models import MODELS, create_model
@@ -106,6 +106,7 @@ def check_output(output: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet_library_logs()
     try:
         check_output(args.output)
         module, variables = load_module(args)

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import tqdm
 
-from flax_squeezenet.cli.arguments import OneLineErrorParser, positive_int
+from flax_squeezenet.cli.common import OneLineErrorParser, positive_int, quiet_library_logs
 from flax_squeezenet.download import DownloadError
 from flax_squeezenet.imagenet import NUM_CLASSES, imagenet_class_names
 from flax_squeezenet.preprocess import check_image, preprocess
@@ -109,6 +109,7 @@ def format_text(results: list[dict]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet_library_logs()
     if args.model is None and args.weights is None:
         args.model = DEFAULT_MODEL
     if args.weights is None and args.model not in PRETRAINED:

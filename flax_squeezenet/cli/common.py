@@ -1,8 +1,9 @@
-"""What the `squeezenet-*` commands share: one-line usage errors and argument types."""
+"""What the `squeezenet-*` commands share: one-line usage errors, argument types, quiet libraries."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from typing import NoReturn
 
@@ -26,3 +27,12 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
+
+
+def quiet_library_logs() -> None:
+    """Keep Orbax's (absl's) warnings off stderr, where a command prints only its own line.
+
+    Orbax warns before it fails on a damaged checkpoint, which the command then reports itself
+    (tests/test_cli_errors.py::test_damaged_checkpoint_is_one_line).
+    """
+    logging.getLogger("absl").setLevel(logging.ERROR)
