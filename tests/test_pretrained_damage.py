@@ -11,7 +11,6 @@ from conftest import require_shared
 from test_pretrained import assert_trees_equal, torchvision_pth
 
 from flax_squeezenet import create_model, load_pretrained, pretrained, save_pretrained
-from flax_squeezenet.pretrained import DamagedCheckpointError
 
 NCNN = "pretrained/torchvision_squeezenet1_1.ncnn.param"
 
@@ -28,7 +27,7 @@ def test_missing_orbax_files_name_the_directory(checkpoint, victim):
     directory, _ = checkpoint
     path = directory / "variables" / victim
     shutil.rmtree(path) if path.is_dir() else path.unlink()
-    with pytest.raises(DamagedCheckpointError, match=f"{directory / 'variables'} is not a readable Orbax checkpoint"):
+    with pytest.raises(ValueError, match=f"{directory / 'variables'} is not a readable Orbax checkpoint"):
         load_pretrained(directory)
 
 
@@ -40,7 +39,7 @@ def test_missing_orbax_files_name_the_directory(checkpoint, victim):
 def test_corrupt_metadata_names_the_file(checkpoint, content, expected):
     directory, _ = checkpoint
     (directory / "metadata.json").write_text(content)
-    with pytest.raises(DamagedCheckpointError, match=str(directory / "metadata.json")) as error:
+    with pytest.raises(ValueError, match=str(directory / "metadata.json")) as error:
         load_pretrained(directory)
     assert expected in str(error.value)
 
@@ -51,14 +50,14 @@ def test_changed_variables_fail_the_checksum(checkpoint):
     save_pretrained(directory.parent / "other", other, model="squeezenet1_1", num_classes=3)
     shutil.rmtree(directory / "variables")
     shutil.copytree(directory.parent / "other" / "variables", directory / "variables")
-    with pytest.raises(DamagedCheckpointError, match=f"{directory} is damaged: its variables do not match"):
+    with pytest.raises(ValueError, match=f"{directory} is damaged: its variables do not match"):
         load_pretrained(directory)
 
 
 def test_a_checkpoint_without_a_checksum_still_loads(checkpoint):
     directory, variables = checkpoint
     metadata = json.loads((directory / "metadata.json").read_text())
-    del metadata[pretrained.DIGEST_KEY]
+    del metadata["variables_sha256"]
     (directory / "metadata.json").write_text(json.dumps(metadata))
     assert_trees_equal(load_pretrained(directory)[1], variables)
 
@@ -93,8 +92,9 @@ def test_a_damaged_cache_without_its_source_says_what_to_delete(cached_weights, 
     (tmp_path / "published.pth").unlink()  # offline, and the cached copy is gone too
     (cache / "published.pth").unlink()
     (cache / "published" / "variables" / "_METADATA").unlink()
-    with pytest.raises(DamagedCheckpointError) as error:
+    with pytest.raises(ValueError) as error:
         load_pretrained("squeezenet1_1", cache_dir=cache)
+    assert type(error.value).__name__ == "DamagedCheckpointError"
     message = str(error.value)
     assert f"cached weights {cache / 'published'} are damaged" in message
     assert f"delete {cache / 'published'}" in message
