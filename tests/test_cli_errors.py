@@ -156,3 +156,11 @@ def test_predict_checks_every_image_before_loading_weights(images, tmp_path, cap
     (tmp_path / "notes.jpg").write_text("shopping list")
     assert predict_cli.main([*images, str(tmp_path / "notes.jpg"), "--weights", str(tmp_path / "absent")]) == 1
     assert "notes.jpg is not an image" in one_error_line(capsys.readouterr(), "squeezenet-predict")
+
+
+def test_predict_refuses_a_grayscale_model(images, tmp_path, capsys):
+    model = create_model("squeezenet1_1", num_classes=10, in_channels=1)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 17, 17, 1)))
+    save_pretrained(tmp_path / "fashion", variables, model="squeezenet1_1", num_classes=10, in_channels=1)
+    assert predict_cli.main([images[0], "--weights", str(tmp_path / "fashion")]) == 1
+    assert "is a 1-channel model" in one_error_line(capsys.readouterr(), "squeezenet-predict")

@@ -83,6 +83,11 @@ def predict(args: argparse.Namespace) -> list[dict]:
         module, variables = load_pretrained(args.model or DEFAULT_MODEL)
     else:
         module, variables = load_pretrained(args.weights, model=args.model)
+    if module.in_channels != 3:
+        raise ValueError(
+            f"--weights {args.weights} is a {module.in_channels}-channel model; {PROG} classifies RGB images "
+            "preprocessed as for ImageNet (expected in_channels=3)"
+        )
     if args.top > module.num_classes:
         raise ValueError(f"--top must be between 1 and {module.num_classes}, got {args.top}")
     apply = jax.jit(module.apply, compiler_options=compiler_options(module.dtype))
