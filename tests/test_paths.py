@@ -1,7 +1,6 @@
 """Every function and command that takes a path takes it relative, absolute, with `~` or as a pathlib.Path
 (issue #10, item 3: a relative save_pretrained directory crashed inside Orbax)."""
 
-import os
 import pathlib
 
 import jax
