@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import os
 import pathlib
-import tempfile
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
+from flax_squeezenet import files
 from flax_squeezenet.models import Conv, MaxPool, SqueezeNet
 
 OPSET = 17  # Supported by onnxruntime (mobile included), pnnx/ncnn and TensorRT alike.
@@ -115,18 +115,10 @@ def to_onnx(module: SqueezeNet, variables: Mapping[str, Any]) -> Any:
 
 
 def save_onnx(module: SqueezeNet, variables: Mapping[str, Any], path: str | os.PathLike) -> pathlib.Path:
-    """Write the ONNX export of `module` with `variables` to `path` (temp file, then rename)."""
+    """Write the ONNX export of `module` with `variables` to `path` (whole or not at all, mode per umask)."""
     import onnx
 
-    path = pathlib.Path(path)
     model = to_onnx(module, variables)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(descriptor)
-    try:
+    with files.atomic_file(path) as temporary:
         onnx.save(model, temporary)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-    return path
+    return files.user_path(path)
