@@ -14,9 +14,9 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
+from flax_squeezenet.conventions import input_convention
 from flax_squeezenet.download import DownloadError
 from flax_squeezenet.imagenet import NUM_CLASSES, imagenet_class_names
-from flax_squeezenet.preprocess import preprocess
 from flax_squeezenet.pretrained import PRETRAINED, load_pretrained
 from flax_squeezenet.xla_options import compiler_options
 
@@ -56,11 +56,9 @@ def class_labels(num_classes: int) -> list[str]:
 
 def predict(args: argparse.Namespace) -> list[dict]:
     """For each image, its top-k classes as {"class", "name", "probability"} dicts."""
-    images = preprocess(list(args.images))
-    if args.weights is None:
-        module, variables = load_pretrained(args.model or DEFAULT_MODEL)
-    else:
-        module, variables = load_pretrained(args.weights, model=args.model)
+    source = (args.model or DEFAULT_MODEL) if args.weights is None else args.weights
+    images = input_convention(source).preprocess(list(args.images))  # the weights' own resize, crop, mean, std
+    module, variables = load_pretrained(source, model=args.model)
     if not 1 <= args.top <= module.num_classes:
         raise ValueError(f"--top must be between 1 and {module.num_classes}, got {args.top}")
     apply = jax.jit(module.apply, compiler_options=compiler_options(module.dtype))
