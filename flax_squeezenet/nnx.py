@@ -179,8 +179,9 @@ squeezenet1_0_complex_bypass = functools.partial(SqueezeNet, V1_0, bypass="compl
 def to_nnx(module: models.SqueezeNet, variables: Any, *, rngs: nnx.Rngs | None = None) -> SqueezeNet:
     """The NNX module with `module`'s options and the parameters of its linen `variables`.
 
-    `rngs` drives its dropout (default `nnx.Rngs(0)`). Raises ValueError naming the first
-    parameter missing, extra or misshapen.
+    `rngs` drives its dropout (default `nnx.Rngs(0)`); like every new NNX module it starts in
+    train mode (`model.eval()` turns dropout off). Only shapes are traced: nothing is initialised.
+    Raises ValueError naming the first parameter missing, extra or misshapen.
     """
     config = {name: getattr(module, name) for name in CONFIG_FIELDS}
     rngs = nnx.Rngs(0) if rngs is None else rngs
