@@ -9,6 +9,7 @@ for the Flax model; output "logits" (batch, num_classes) float32. Needs the `onn
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import tempfile
@@ -114,12 +115,20 @@ def to_onnx(module: SqueezeNet, variables: Mapping[str, Any]) -> Any:
     return model
 
 
-def save_onnx(module: SqueezeNet, variables: Mapping[str, Any], path: str | os.PathLike) -> pathlib.Path:
-    """Write the ONNX export of `module` with `variables` to `path` (temp file, then rename)."""
+def save_onnx(
+    module: SqueezeNet, variables: Mapping[str, Any], path: str | os.PathLike, *, preprocessing: Any = None
+) -> pathlib.Path:
+    """Write the ONNX export of `module` with `variables` to `path` (temp file, then rename).
+
+    `preprocessing` (a `conventions.InputConvention`) is stored as the model property
+    "preprocessing" (JSON: mean, std, resize_size, crop_size, channel_order) for deployments.
+    """
     import onnx
 
     path = pathlib.Path(path)
     model = to_onnx(module, variables)
+    if preprocessing is not None:
+        onnx.helper.set_model_props(model, {"preprocessing": json.dumps(preprocessing.to_dict())})
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(descriptor)

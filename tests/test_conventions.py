@@ -61,3 +61,17 @@ def test_predict_uses_the_saved_convention_of_a_grayscale_model(tmp_path, capsys
     assert predict.main([str(tmp_path / "shirt.png"), "--weights", str(tmp_path / "fashion"), "--json", "--top", "3"]) == 0
     results = json.loads(capsys.readouterr().out)
     assert len(results[0]["predictions"]) == 3
+
+
+def test_onnx_export_carries_the_convention(tmp_path, capsys):
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from flax_squeezenet.cli import export
+
+    module = fsq.squeezenet1_1(num_classes=10, in_channels=1)
+    fsq.save_pretrained(tmp_path / "fashion", random_variables(module), model="squeezenet1_1",
+                        num_classes=10, in_channels=1, preprocessing=FASHION)  # fmt: skip
+    output = tmp_path / "fashion.onnx"
+    assert export.main(["--weights", str(tmp_path / "fashion"), "--output", str(output), "--image-size", "64"]) == 0
+    properties = {prop.key: prop.value for prop in onnx.load(str(output)).metadata_props}
+    assert InputConvention.from_dict(json.loads(properties["preprocessing"])) == FASHION

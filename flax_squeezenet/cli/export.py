@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flax_squeezenet.conventions import input_convention
 from flax_squeezenet.download import DownloadError
 from flax_squeezenet.export import save_onnx
 from flax_squeezenet.models import MODELS, create_model
@@ -96,7 +97,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         module, variables = load_module(args)
         if args.image_size < module.min_input_size:
             raise ValueError(f"--image-size must be at least {module.min_input_size}, got {args.image_size}")
-        path = save_onnx(module, variables, args.output)
+        source = None if args.random_init else args.weights or args.model or DEFAULT_MODEL
+        convention = None if source is None else input_convention(source)
+        path = save_onnx(module, variables, args.output, preprocessing=convention)
         difference = check_export(str(path), module, variables, args.image_size)
     except (OSError, ValueError, DownloadError) as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
