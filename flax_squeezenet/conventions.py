@@ -117,8 +117,10 @@ def input_convention(name_or_path: str | os.PathLike, cache_dir: str | os.PathLi
 
     Directories without one stored (older saves) and every torchvision source give `IMAGENET`.
     """
-    from flax_squeezenet.pretrained import METADATA_FILE
+    from flax_squeezenet.pretrained import METADATA_FILE, PRETRAINED
 
+    if isinstance(name_or_path, str) and name_or_path in PRETRAINED:
+        return IMAGENET
     if str(name_or_path).startswith(safetensors_io.HUB_PREFIX):
         return _saved_convention(safetensors_io.hub_directory(str(name_or_path), cache_dir), safetensors_io.CONFIG_FILE)
     path = pathlib.Path(name_or_path)

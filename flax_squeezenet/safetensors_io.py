@@ -11,8 +11,8 @@ with dots, in Flax's layout (kernels HWIO: height, width, in, out):
 `config.json` is {"model": variant, "model_kwargs": {...}, "num_classes", "in_channels",
 "preprocessing": {mean, std, resize_size, crop_size, channel_order}, "class_names": [...] (when
 known)}. `hf://owner/repo[@revision]` names such a directory in a Hub model repository; it is
-fetched through `huggingface_hub` (the `hub` extra) into the Hub's own cache, which keys files
-by their sha256.
+fetched through `huggingface_hub` (the `hub` extra) in its cache layout, which keys files by their
+sha256, under this package's cache directory.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from typing import Any
 import flax.traverse_util
 import numpy as np
 
+from flax_squeezenet import download
 from flax_squeezenet.download import DownloadError
 
 WEIGHTS_FILE = "model.safetensors"
@@ -111,10 +112,11 @@ def read_safetensors(directory: pathlib.Path) -> tuple[dict[str, Any], dict[str,
 def hub_directory(name: str, cache_dir: str | os.PathLike | None = None) -> pathlib.Path:
     """The local directory holding `config.json` and `model.safetensors` of `hf://owner/repo[@revision]`.
 
-    Downloads through `huggingface_hub` into its cache (under `cache_dir`/hub when given), which
-    keeps the weights by the sha256 the Hub states for them and reuses them offline
-    (`HF_HUB_OFFLINE=1`); `HF_ENDPOINT` points it at another server. The weights are checked
-    against that sha256 and removed from the cache if they differ. Raises DownloadError.
+    Downloads through `huggingface_hub` into its cache layout under `download.cache_dir(cache_dir)`
+    /hub, beside the other downloads; it keeps the weights by the sha256 the Hub states for them
+    and reuses them offline (`HF_HUB_OFFLINE=1`); `HF_ENDPOINT` points it at another server. The
+    weights are checked against that sha256 and removed from the cache if they differ.
+    Raises DownloadError.
     """
     match = _HUB_NAME.fullmatch(name)
     if not match:
@@ -124,7 +126,7 @@ def hub_directory(name: str, cache_dir: str | os.PathLike | None = None) -> path
     except ImportError:
         raise ImportError(f"loading {name} needs huggingface_hub: pip install 'flax-squeezenet[hub]'") from None
     repo_id, revision = match[1], match[2]
-    hub_cache = None if cache_dir is None else pathlib.Path(cache_dir) / "hub"
+    hub_cache = download.cache_dir(cache_dir) / "hub"
     try:
         paths = [
             huggingface_hub.hf_hub_download(repo_id, file_name, revision=revision, cache_dir=hub_cache)

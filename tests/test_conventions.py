@@ -75,3 +75,12 @@ def test_onnx_export_carries_the_convention(tmp_path, capsys):
     assert export.main(["--weights", str(tmp_path / "fashion"), "--output", str(output), "--image-size", "64"]) == 0
     properties = {prop.key: prop.value for prop in onnx.load(str(output)).metadata_props}
     assert InputConvention.from_dict(json.loads(properties["preprocessing"])) == FASHION
+
+
+def test_a_pretrained_name_wins_over_a_directory_of_that_name(tmp_path, monkeypatch):
+    module = fsq.squeezenet1_1(num_classes=10, in_channels=1)
+    fsq.save_pretrained(tmp_path / "squeezenet1_1", random_variables(module), model="squeezenet1_1",
+                        num_classes=10, in_channels=1, preprocessing=FASHION)  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    assert input_convention("squeezenet1_1") == IMAGENET, "load_pretrained reads the published weights"
+    assert input_convention("./squeezenet1_1") == FASHION
