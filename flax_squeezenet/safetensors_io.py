@@ -81,7 +81,12 @@ def save_safetensors(directory: str | os.PathLike, variables: Any, config: dict[
         if directory.exists():
             retired = pathlib.Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.old-"))
             os.replace(directory, retired / directory.name)
-            os.replace(staging, directory)
+            try:
+                os.replace(staging, directory)
+            except BaseException:
+                os.replace(retired / directory.name, directory)
+                retired.rmdir()
+                raise
             shutil.rmtree(retired)
         else:
             os.replace(staging, directory)
