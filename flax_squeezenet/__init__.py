@@ -19,7 +19,11 @@ What is where:
 - preprocess, imagenet: torchvision's ImageNet eval transform; the class names.
 - xla_options: `compiler_options(dtype)`, the XLA options to jit SqueezeNet with on this backend.
 - export: `to_onnx` / `save_onnx` (needs the `onnx` package).
-- cli: the `squeezenet-predict` and `squeezenet-export` commands.
+- nnx: the same models as native Flax NNX modules (`import flax_squeezenet.nnx`), `to_nnx`, `to_linen`.
+- summary: `summary(model, input_shape)`, the per-layer table (output shape, parameters, FLOPs).
+- conventions: `input_convention(name_or_path)`, the preprocessing each weight source expects.
+- safetensors_io: the Hugging Face Hub layout (`save_pretrained(..., format="safetensors")`, `hf://`).
+- cli: the `squeezenet-predict`, `squeezenet-export` and `squeezenet-info` commands.
 The training program is the separate `train` package (`python -m train`).
 """
 
@@ -48,6 +52,7 @@ from flax_squeezenet.models import (
 from flax_squeezenet.preprocess import IMAGENET_MEAN, IMAGENET_STD, load_image, preprocess
 from flax_squeezenet.pretrained import PRETRAINED, load_pretrained, save_pretrained
 from flax_squeezenet.pth import UnsafePickleError, load_pth
+from flax_squeezenet.summary import summary
 from flax_squeezenet.xla_options import compiler_options
 
 __all__ = [
@@ -82,5 +87,6 @@ __all__ = [
     "squeezenet1_0_simple_bypass",
     "squeezenet1_1",
     "squeezenet_metaparameters",
+    "summary",
     "to_onnx",
 ]

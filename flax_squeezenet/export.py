@@ -9,6 +9,7 @@ for the Flax model; output "logits" (batch, num_classes) float32. Needs the `onn
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 from collections.abc import Mapping
@@ -114,11 +115,19 @@ def to_onnx(module: SqueezeNet, variables: Mapping[str, Any]) -> Any:
     return model
 
 
-def save_onnx(module: SqueezeNet, variables: Mapping[str, Any], path: str | os.PathLike) -> pathlib.Path:
-    """Write the ONNX export of `module` with `variables` to `path` (whole or not at all, mode per umask)."""
+def save_onnx(
+    module: SqueezeNet, variables: Mapping[str, Any], path: str | os.PathLike, *, preprocessing: Any = None
+) -> pathlib.Path:
+    """Write the ONNX export of `module` with `variables` to `path` (whole or not at all, mode per umask).
+
+    `preprocessing` (a `conventions.InputConvention`) is stored as the model property
+    "preprocessing" (JSON: mean, std, resize_size, crop_size, channel_order) for deployments.
+    """
     import onnx
 
     model = to_onnx(module, variables)
+    if preprocessing is not None:
+        onnx.helper.set_model_props(model, {"preprocessing": json.dumps(preprocessing.to_dict())})
     with files.atomic_file(path) as temporary:
         onnx.save(model, temporary)
     return files.user_path(path)

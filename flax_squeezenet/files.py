@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pathlib
+import shutil
 import tempfile
 from collections.abc import Iterator
 
@@ -68,3 +69,30 @@ def make_staging_directory(path: pathlib.Path, purpose: str) -> pathlib.Path:
     staging = pathlib.Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.{purpose}-"))
     give_umask_mode(staging)
     return staging
+
+
+@contextlib.contextmanager
+def atomic_directory(directory: pathlib.Path) -> Iterator[pathlib.Path]:
+    """Yield an empty staging directory next to `directory`; on success it replaces `directory`.
+
+    A failed write leaves an existing `directory` as it was and no staging directory behind; if
+    the final swap itself fails, the previous directory is put back.
+    """
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = make_staging_directory(directory, "saving")
+    try:
+        yield staging
+        if not directory.exists():
+            os.replace(staging, directory)
+            return
+        retired = make_staging_directory(directory, "old")
+        os.replace(directory, retired / directory.name)
+        try:
+            os.replace(staging, directory)
+        except BaseException:
+            os.replace(retired / directory.name, directory)
+            retired.rmdir()
+            raise
+        shutil.rmtree(retired)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

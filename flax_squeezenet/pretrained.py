@@ -25,7 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from flax_squeezenet import convert, deepcompression, download, files, ncnn, pth
+from flax_squeezenet import convert, deepcompression, download, files, ncnn, pth, safetensors_io
+from flax_squeezenet.conventions import IMAGENET, InputConvention
 from flax_squeezenet.models import MODELS, SqueezeNet, create_model
 
 METADATA_FILE = "metadata.json"
@@ -94,8 +95,20 @@ def _may_replace(directory: pathlib.Path) -> bool:
     return directory.is_dir() and (_is_checkpoint(directory) or not any(directory.iterdir()))
 
 
-def save_pretrained(directory: str | os.PathLike, variables: Any, *, model: str, **model_kwargs: Any) -> pathlib.Path:
+def save_pretrained(
+    directory: str | os.PathLike,
+    variables: Any,
+    *,
+    model: str,
+    format: str = "orbax",
+    preprocessing: InputConvention | None = None,
+    class_names: list[str] | None = None,
+    **model_kwargs: Any,
+) -> pathlib.Path:
     """Save `variables` of the variant `model` built with `model_kwargs` to `directory`.
+
+    `format="safetensors"` writes the Hugging Face Hub layout instead (see `safetensors_io`).
+    `preprocessing` (default: ImageNet's) and `class_names` travel with the weights.
 
     Writes an Orbax checkpoint of the variables plus `metadata.json` ({"model": ..., "model_kwargs":
     ...}; dtypes by name; the variables' sha256, checked on load), so `load_pretrained(directory)`
@@ -107,30 +120,22 @@ def save_pretrained(directory: str | os.PathLike, variables: Any, *, model: str,
     directory = files.user_path(directory)
     if model not in MODELS:
         raise ValueError(f"unknown model {model!r}; expected one of {', '.join(MODELS)}")
-    metadata = {"model": model, "model_kwargs": _encode_kwargs(model_kwargs), DIGEST_KEY: variables_digest(variables)}
+    metadata = {"model": model, "model_kwargs": _encode_kwargs(model_kwargs),
+                "preprocessing": (preprocessing or IMAGENET).to_dict()}  # fmt: skip
+    if class_names is not None:
+        metadata["class_names"] = list(class_names)
+    if format == "safetensors":
+        return safetensors_io.save_safetensors(directory, variables, metadata)
+    if format != "orbax":
+        raise ValueError(f"expected format 'orbax' or 'safetensors', got {format!r}")
+    metadata[DIGEST_KEY] = variables_digest(variables)
     if not _may_replace(directory):
         raise FileExistsError(f"{directory} exists and is not a checkpoint written by save_pretrained; not replacing it")
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = files.make_staging_directory(directory, "saving")
-    try:
+    with files.atomic_directory(directory) as staging:
         with ocp.StandardCheckpointer() as checkpointer:
             checkpointer.save(staging / VARIABLES_DIR, variables)
             checkpointer.wait_until_finished()
         (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
-        if directory.exists():
-            retired = files.make_staging_directory(directory, "old")
-            os.replace(directory, retired / directory.name)
-            try:
-                os.replace(staging, directory)
-            except BaseException:
-                os.replace(retired / directory.name, directory)
-                retired.rmdir()
-                raise
-            shutil.rmtree(retired)
-        else:
-            os.replace(staging, directory)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return directory
 
 
@@ -226,12 +231,17 @@ def _read_weights(name_or_path: str | os.PathLike, cache_override) -> tuple[str,
     """(architecture name, saved model options, variables as numpy) from any supported source."""
     if isinstance(name_or_path, str) and name_or_path in PRETRAINED:
         return _read_named(name_or_path, cache_override)
+    if str(name_or_path).startswith(safetensors_io.HUB_PREFIX):
+        name_or_path = safetensors_io.hub_directory(str(name_or_path), cache_override)
     path = files.user_path(name_or_path)
     if not path.exists():
         raise FileNotFoundError(
             f"{name_or_path} is neither a pretrained name ({', '.join(PRETRAINED)}) nor an existing "
             "file or directory"
         )
+    if path.is_dir() and safetensors_io.is_safetensors_dir(path):
+        config, variables = safetensors_io.read_safetensors(path)
+        return config["model"], _decode_kwargs(config.get("model_kwargs", {})), variables
     if path.is_dir():
         return _read_checkpoint(path)
     if not zipfile.is_zipfile(path) and path.suffix in (".param", ".bin") and ncnn.ncnn_paths(path)[0].is_file():
@@ -293,9 +303,11 @@ def load_pretrained(
     Args:
       name_or_path: "squeezenet1_0" or "squeezenet1_1" (torchvision's IMAGENET1K_V1 weights,
         downloaded into the cache on first use), or a path (relative, absolute or with `~`): a
-        torchvision `.pth` state dict, a directory written by `save_pretrained`, an ncnn
-        `.param`/`.bin` file, or the paper's Deep Compression `.net` file (see `deepcompression`
-        for its Caffe conventions).
+        torchvision `.pth` state dict, a directory written by `save_pretrained` (Orbax, or
+        `model.safetensors` + `config.json`), an ncnn `.param`/`.bin` file, the paper's Deep
+        Compression `.net` file (see `deepcompression` for its Caffe conventions), or
+        `hf://owner/repo[@revision]` (a Hub repository in the safetensors layout; needs the `hub`
+        extra). `conventions.input_convention` gives the preprocessing each source expects.
       model: the variant (a key of `MODELS`) to build; by default the checkpoint's (for torchvision
         and ncnn files, v1.0 or v1.1 as told by the first conv's shape).
       num_classes: None keeps the checkpoint's classifier; another number replaces it by a fresh

@@ -18,6 +18,7 @@ from PIL import Image
 from flax_squeezenet import create_model, save_pretrained
 from flax_squeezenet.cli import export as export_cli
 from flax_squeezenet.cli import predict as predict_cli
+from flax_squeezenet.conventions import InputConvention
 
 NCNN = "pretrained/torchvision_squeezenet1_1.ncnn.param"
 
@@ -140,8 +141,8 @@ def test_predict_reads_images_in_batches_of_the_given_size(images, checkpoint, m
     assert predict_cli.main([*images, "--weights", checkpoint, "--json", "--top", "4"]) == 0
     all_at_once = json.loads(capsys.readouterr().out)
     seen = []
-    original = predict_cli.preprocess
-    monkeypatch.setattr(predict_cli, "preprocess", lambda paths: seen.append(len(paths)) or original(paths))
+    original = InputConvention.preprocess
+    monkeypatch.setattr(InputConvention, "preprocess", lambda self, paths: seen.append(len(paths)) or original(self, paths))
     assert predict_cli.main([*images, "--weights", checkpoint, "--json", "--top", "4", "--batch-size", "2"]) == 0
     assert seen == [2, 2, 1]
     batched = json.loads(capsys.readouterr().out)
@@ -156,11 +157,3 @@ def test_predict_checks_every_image_before_loading_weights(images, tmp_path, cap
     (tmp_path / "notes.jpg").write_text("shopping list")
     assert predict_cli.main([*images, str(tmp_path / "notes.jpg"), "--weights", str(tmp_path / "absent")]) == 1
     assert "notes.jpg is not an image" in one_error_line(capsys.readouterr(), "squeezenet-predict")
-
-
-def test_predict_refuses_a_grayscale_model(images, tmp_path, capsys):
-    model = create_model("squeezenet1_1", num_classes=10, in_channels=1)
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 17, 17, 1)))
-    save_pretrained(tmp_path / "fashion", variables, model="squeezenet1_1", num_classes=10, in_channels=1)
-    assert predict_cli.main([images[0], "--weights", str(tmp_path / "fashion")]) == 1
-    assert "is a 1-channel model" in one_error_line(capsys.readouterr(), "squeezenet-predict")

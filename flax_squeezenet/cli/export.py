@@ -18,6 +18,7 @@ import numpy as np
 
 from flax_squeezenet import files
 from flax_squeezenet.cli.common import OneLineErrorParser, positive_int, quiet_library_logs
+from flax_squeezenet.conventions import input_convention
 from flax_squeezenet.download import DownloadError
 from flax_squeezenet.export import save_onnx
 from flax_squeezenet.models import MODELS, create_model
@@ -112,8 +113,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         module, variables = load_module(args)
         if args.image_size < module.min_input_size:
             raise ValueError(f"--image-size must be at least {module.min_input_size}, got {args.image_size}")
+        source = None if args.random_init else args.weights or args.model or DEFAULT_MODEL
+        convention = None if source is None else input_convention(source)
         with files.atomic_file(args.output) as staging:
-            save_onnx(module, variables, staging)
+            save_onnx(module, variables, staging, preprocessing=convention)
             difference = check_export(str(staging), module, variables, args.image_size)
     except (OSError, ValueError, DownloadError) as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)

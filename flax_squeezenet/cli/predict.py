@@ -18,9 +18,10 @@ import numpy as np
 import tqdm
 
 from flax_squeezenet.cli.common import OneLineErrorParser, positive_int, quiet_library_logs
+from flax_squeezenet.conventions import InputConvention, input_convention
 from flax_squeezenet.download import DownloadError
 from flax_squeezenet.imagenet import NUM_CLASSES, imagenet_class_names
-from flax_squeezenet.preprocess import check_image, preprocess
+from flax_squeezenet.preprocess import check_image
 from flax_squeezenet.pretrained import PRETRAINED, load_pretrained
 from flax_squeezenet.xla_options import compiler_options
 
@@ -63,13 +64,16 @@ def class_labels(num_classes: int) -> list[str]:
     return [f"class {index}" for index in range(num_classes)]
 
 
-def batch_probabilities(apply, variables, paths: Sequence[str], batch_size: int) -> Iterator[np.ndarray]:
-    """The class probabilities of `paths`, one (n, classes) array per batch of at most `batch_size`.
+def batch_probabilities(
+    apply, variables, convention: InputConvention, paths: Sequence[str], batch_size: int
+) -> Iterator[np.ndarray]:
+    """The class probabilities of `paths` preprocessed by `convention`, one (n, classes) array per
+    batch of at most `batch_size`.
 
     Every batch is padded to `batch_size` so the model compiles once.
     """
     for start in range(0, len(paths), batch_size):
-        images = preprocess(list(paths[start : start + batch_size]))
+        images = convention.preprocess(list(paths[start : start + batch_size]))
         padded = np.zeros((batch_size, *images.shape[1:]), images.dtype)
         padded[: len(images)] = images
         yield np.asarray(jax.nn.softmax(apply(variables, padded)))[: len(images)]
@@ -79,15 +83,9 @@ def predict(args: argparse.Namespace) -> list[dict]:
     """For each image, its top-k classes as {"class", "name", "probability"} dicts."""
     for path in args.images:  # Fail on a typo or a non-image before loading weights and decoding images.
         check_image(path)
-    if args.weights is None:
-        module, variables = load_pretrained(args.model or DEFAULT_MODEL)
-    else:
-        module, variables = load_pretrained(args.weights, model=args.model)
-    if module.in_channels != 3:
-        raise ValueError(
-            f"--weights {args.weights} is a {module.in_channels}-channel model; {PROG} classifies RGB images "
-            "preprocessed as for ImageNet (expected in_channels=3)"
-        )
+    source = (args.model or DEFAULT_MODEL) if args.weights is None else args.weights
+    convention = input_convention(source)  # the weights' own resize, crop, mean, std and channels
+    module, variables = load_pretrained(source, model=args.model)
     if args.top > module.num_classes:
         raise ValueError(f"--top must be between 1 and {module.num_classes}, got {args.top}")
     apply = jax.jit(module.apply, compiler_options=compiler_options(module.dtype))
@@ -95,7 +93,7 @@ def predict(args: argparse.Namespace) -> list[dict]:
     batch_size = min(args.batch_size, len(args.images))
     results = []
     with tqdm.tqdm(total=len(args.images), unit="image", file=sys.stderr, disable=None, leave=False) as progress:
-        for probabilities in batch_probabilities(apply, variables, args.images, batch_size):
+        for probabilities in batch_probabilities(apply, variables, convention, args.images, batch_size):
             for row in probabilities:
                 top = np.argsort(-row, kind="stable")[: args.top]
                 predictions = [{"class": int(i), "name": labels[i], "probability": float(row[i])} for i in top]
