@@ -186,19 +186,23 @@ def feature_info(stages: Sequence[Stage], in_channels: int = 3) -> dict[str, Sta
     return stage_features(layer_plan(stages, in_channels))
 
 
-def feature_map_size(stages: Sequence[Stage], size: int) -> int:
-    """Spatial size of the last feature map (before the classifier) for an input of `size` pixels;
-    < 1 if the input is too small."""
-    for layer in layer_plan(stages)[:-1]:
+def _output_size(backbone: Sequence[Layer], size: int) -> int:
+    for layer in backbone:
         if size < 1:
             return size
         size = layer.output_size(size)
     return size
 
 
+def feature_map_size(stages: Sequence[Stage], size: int) -> int:
+    """Spatial size of the last feature map (before the classifier) for an input of `size` pixels;
+    < 1 if the input is too small."""
+    return _output_size(layer_plan(stages)[:-1], size)
+
+
 def min_input_size(stages: Sequence[Stage]) -> int:
     """The smallest input height or width the net accepts (torchvision: 21 for v1.0, 17 for v1.1)."""
-    size = 1
-    while feature_map_size(stages, size) < 1:
+    backbone, size = layer_plan(stages)[:-1], 1
+    while _output_size(backbone, size) < 1:
         size += 1
     return size
