@@ -22,13 +22,11 @@ import jax.numpy as jnp
 from flax import nnx
 
 from flax_squeezenet import models, pretrained
-from flax_squeezenet.models import V1_0, V1_1, Bypass, Conv, Dtype, Fire, MaxPool, Stage, kaiming_uniform
+from flax_squeezenet.layers import Bypass
+from flax_squeezenet.models import Dtype, kaiming_uniform
+from flax_squeezenet.ops import conv_1x1_as_matmul, max_pool_3x3_ceil, max_pool_3x3_ceil_concat
+from flax_squeezenet.stages import V1_0, V1_1, ConvStage as Conv, FireStage as Fire, PoolStage as MaxPool, Stage
 
-# The XLA:CPU speed forms are the linen modules' own (models.py says why each is faster); this is
-# the one place that names them. tests/test_nnx.py checks NNX against linen, forward and backward.
-from flax_squeezenet.models import _conv_1x1_as_matmul as conv_1x1_as_matmul
-from flax_squeezenet.models import _fire_then_pool as fire_then_pool
-from flax_squeezenet.models import _max_pool_ceil as max_pool_3x3_ceil
 from flax_squeezenet.pretrained import _check_shapes as check_shapes
 
 Output = Literal["logits", "pooled", "feature_map", "stages"]
@@ -155,7 +153,7 @@ class SqueezeNet(nnx.Module):
                 elif self.bypass == "complex":
                     x = fire(x) + getattr(self, f"{name}_bypass")(x)
                 elif isinstance(next_stage, MaxPool) and output != "stages":
-                    x, pooled = fire_then_pool(fire, x), True
+                    x, pooled = max_pool_3x3_ceil_concat(fire.branches(x)), True
                 else:
                     x = fire(x)
             by_stride[f"stride{stride}"] = x

@@ -247,7 +247,8 @@ def _read_weights(name_or_path: str | os.PathLike, cache_override) -> tuple[str,
     if not zipfile.is_zipfile(path) and path.suffix in (".param", ".bin") and ncnn.ncnn_paths(path)[0].is_file():
         model, params = ncnn.load_ncnn(path)
     elif path.suffix == ".net":
-        model, params = deepcompression.load_deep_compression(path)
+        model, kwargs, params = deepcompression.load_deep_compression(path)
+        return model, kwargs, {"params": params}
     else:
         model, params = convert.from_torchvision(pth.load_pth(path))
     return model, {}, {"params": params}

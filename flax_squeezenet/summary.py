@@ -19,7 +19,7 @@ from flax import nnx
 
 from flax_squeezenet import models
 from flax_squeezenet import nnx as fsq_nnx
-from flax_squeezenet.models import Conv, Fire
+from flax_squeezenet.stages import ConvStage as Conv, FireStage as Fire
 
 
 @dataclasses.dataclass(frozen=True)
