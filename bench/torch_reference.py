@@ -1,8 +1,8 @@
 """torchvision's SqueezeNet, layer for layer, in plain PyTorch: the benchmarks' PyTorch peer.
 
 torchvision is not a dependency, so its `squeezenet1_0`/`squeezenet1_1` are rebuilt here from the
-same stage descriptions as the Flax models (`flax_squeezenet.models.V1_0`, `V1_1`): the modules,
-their order, initialisation and `torch.flatten` output are torchvision's. Benchmark-only: the
+same layer plan as the Flax models (`flax_squeezenet.layers.layer_plan`): the modules, their
+order, initialisation and `torch.flatten` output are torchvision's. Benchmark-only: the
 library never imports torch.
 """
 
@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from flax_squeezenet.models import Conv, Fire, MaxPool, Stage
+from flax_squeezenet.layers import Layer, convolutions, layer_plan
+from flax_squeezenet.stages import Stage
 
 
 class TorchFire(nn.Module):
@@ -41,27 +42,32 @@ class TorchFire(nn.Module):
         )
 
 
-class TorchSqueezeNet(nn.Module):
-    """torchvision's `SqueezeNet` (NCHW) for a stage description without bypass."""
+def _torch_layers(layer: Layer) -> list[nn.Module]:
+    """torchvision's `features` entries for one plan layer."""
+    if layer.kind == "max_pool":
+        return [nn.MaxPool2d(kernel_size=3, stride=2, ceil_mode=True)]
+    if layer.kind == "fire":
+        return [TorchFire(layer.in_channels, *(conv.out_channels for conv in layer.convs))]
+    (conv,) = layer.convs
+    return [
+        nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel, stride=conv.stride, padding=conv.padding),
+        nn.ReLU(inplace=True),
+    ]
 
-    def __init__(self, stages: Sequence[Stage], num_classes: int = 1000, dropout: float = 0.5):
+
+class TorchSqueezeNet(nn.Module):
+    """torchvision's `SqueezeNet` (NCHW) for a stage description without bypass; with
+    `classifier_padding=1`, Caffe's (the paper's) classifier."""
+
+    def __init__(
+        self, stages: Sequence[Stage], num_classes: int = 1000, dropout: float = 0.5, classifier_padding: int = 0
+    ):
         super().__init__()
-        layers: list[nn.Module] = []
-        channels = 3
-        for stage in stages:
-            if isinstance(stage, Conv):
-                layers += [
-                    nn.Conv2d(channels, stage.features, stage.kernel, stride=stage.stride),
-                    nn.ReLU(inplace=True),
-                ]
-                channels = stage.features
-            elif isinstance(stage, MaxPool):
-                layers.append(nn.MaxPool2d(kernel_size=3, stride=2, ceil_mode=True))
-            else:
-                layers.append(TorchFire(channels, stage.squeeze, stage.expand1x1, stage.expand3x3))
-                channels = stage.features
-        self.features = nn.Sequential(*layers)
-        self.final_conv = nn.Conv2d(channels, num_classes, kernel_size=1)
+        self.plan = layer_plan(stages, 3, num_classes, "none", classifier_padding)
+        *backbone, classifier = self.plan
+        self.features = nn.Sequential(*(module for layer in backbone for module in _torch_layers(layer)))
+        (head,) = classifier.convs
+        self.final_conv = nn.Conv2d(head.in_channels, num_classes, kernel_size=1, padding=head.padding)
         self.classifier = nn.Sequential(
             nn.Dropout(p=dropout), self.final_conv, nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d((1, 1))
         )
@@ -89,20 +95,14 @@ def _convs_in_flax_order(model: TorchSqueezeNet) -> list[nn.Conv2d]:
 
 def load_flax_params(model: TorchSqueezeNet, params: Mapping[str, Any]) -> TorchSqueezeNet:
     """Copy a Flax SqueezeNet's `params` (HWIO kernels) into `model` (OIHW), in place; returns it."""
-    names: list[tuple[str, ...]] = [("conv1",)]
-    names += [
-        (fire, part)
-        for fire in sorted((k for k in params if k.startswith("fire")), key=lambda k: int(k[4:]))
-        for part in ("squeeze", "expand1x1", "expand3x3")
-    ]
-    names.append(("classifier",))
+    paths = [conv.path for conv in convolutions(model.plan)]
     convs = _convs_in_flax_order(model)
-    if len(convs) != len(names):
-        raise ValueError(f"expected {len(convs)} convolutions in params, got {len(names)}")
     with torch.no_grad():
-        for conv, path in zip(convs, names):
+        for conv, path in zip(convs, paths):
             leaf: Any = params
             for key in path:
+                if key not in leaf:
+                    raise ValueError(f"expected a parameter {'/'.join(path)} in params; it is missing")
                 leaf = leaf[key]
             kernel = np.array(leaf["kernel"], np.float32).transpose(3, 2, 0, 1)
             conv.weight.copy_(torch.from_numpy(np.ascontiguousarray(kernel)))

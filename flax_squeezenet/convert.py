@@ -13,7 +13,8 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from flax_squeezenet.models import V1_0, V1_1, Conv, Fire, MaxPool, Stage
+from flax_squeezenet.layers import convolutions, layer_plan
+from flax_squeezenet.stages import V1_0, V1_1, Stage
 
 Params = dict[str, dict]
 
@@ -54,17 +55,11 @@ def torchvision_feature_names(stages: Sequence[Stage]) -> dict[int, str]:
     Fire module takes one. For v1.0 this gives {0: "conv1", 3: "fire2", ..., 12: "fire9"}.
     """
     names: dict[int, str] = {}
-    index, fire = 0, 2
-    for stage in stages:
-        if isinstance(stage, Conv):
-            names[index] = "conv1"
-            index += 2
-        elif isinstance(stage, MaxPool):
-            index += 1
-        elif isinstance(stage, Fire):
-            names[index] = f"fire{fire}"
-            fire += 1
-            index += 1
+    index = 0
+    for layer in layer_plan(stages)[:-1]:
+        if layer.kind != "max_pool":
+            names[index] = layer.name
+        index += 2 if layer.kind == "conv" else 1
     return names
 
 
@@ -120,12 +115,10 @@ def from_conv_sequence(convs: Sequence[tuple[np.ndarray, np.ndarray]], stages: S
     The order is conv1, then squeeze, expand1x1, expand3x3 of each Fire module, then the
     classifier: the order ncnn and Caffe exports list their convolutions in.
     """
-    names = ["conv1"]
-    fires = sum(isinstance(stage, Fire) for stage in stages)
-    for fire in range(2, 2 + fires):
-        names += [f"fire{fire}/squeeze", f"fire{fire}/expand1x1", f"fire{fire}/expand3x3"]
-    names.append("classifier")
+    plan = layer_plan(stages)
+    names = [conv.name for conv in convolutions(plan)]
     if len(convs) != len(names):
+        fires = sum(layer.kind == "fire" for layer in plan)
         raise ValueError(f"expected {len(names)} convolutions ({fires} Fire modules), got {len(convs)}")
     params: Params = {}
     for name, (kernel, bias) in zip(names, convs):

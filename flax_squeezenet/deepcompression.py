@@ -7,42 +7,29 @@ position cumsum(delta + 1) - 1 of the (out, in, kh, kw) kernel; all other weight
 
 The model was trained in Caffe, which feeds BGR images in 0-255 minus the mean (104, 117, 123).
 `conv1` has no padding, so that input convention folds exactly into its kernel and bias: the
-loaded model takes the same torchvision-normalised RGB input as every other model here. One
-difference is not folded: Caffe's conv10 pads by 1, which adds a border of relu(bias) to the map
-that global pooling averages; this module's classifier does not pad, so logits differ slightly
-from Caffe's (at a 227 input the border is 56 of the 225 pooled positions).
+loaded model takes the same torchvision-normalised RGB input as every other model here. Caffe's
+conv10 pads by 1, which adds a border of relu(bias) to the map that global pooling averages; the
+loaded model is built with `classifier_padding=1` (`MODEL_KWARGS`), so its logits are Caffe's
+(tests/test_torch_parity.py::test_deep_compression_logits_match_caffe).
 """
 
 from __future__ import annotations
 
 import os
 import pathlib
-from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from flax_squeezenet.convert import Params, from_conv_sequence
-from flax_squeezenet.models import V1_0, Conv, Fire, Stage
+from flax_squeezenet.layers import convolutions, layer_plan
 from flax_squeezenet.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from flax_squeezenet.stages import V1_0
 
 MODEL = "squeezenet1_0"
+MODEL_KWARGS: dict[str, Any] = {"classifier_padding": 1}  # Caffe's conv10: pad 1
 CAFFE_BGR_MEAN = (104.0, 117.0, 123.0)
 CODEBOOK_SIZE = 256
-
-
-def conv_shapes(stages: Sequence[Stage], in_channels: int = 3, num_classes: int = 1000) -> list[tuple[int, ...]]:
-    """(out, in, kh, kw) of every conv in network order: conv1, each Fire's three, the classifier."""
-    shapes, channels = [], in_channels
-    for stage in stages:
-        if isinstance(stage, Conv):
-            shapes.append((stage.features, channels, stage.kernel, stage.kernel))
-            channels = stage.features
-        elif isinstance(stage, Fire):
-            shapes += [(stage.squeeze, channels, 1, 1), (stage.expand1x1, stage.squeeze, 1, 1),
-                       (stage.expand3x3, stage.squeeze, 3, 3)]  # fmt: skip
-            channels = stage.features
-    shapes.append((num_classes, channels, 1, 1))
-    return shapes
 
 
 def _decode(data: memoryview, offset: int, shape: tuple[int, ...], count: int) -> tuple[np.ndarray, np.ndarray, int]:
@@ -79,14 +66,11 @@ def fold_caffe_input(kernel: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, 
     return folded_kernel.astype(np.float32), folded_bias.astype(np.float32)
 
 
-def load_deep_compression(path: str | os.PathLike, *, fold_input: bool = True) -> tuple[str, Params]:
-    """("squeezenet1_0", Flax params) from the paper's compressed `.net` file.
-
-    With `fold_input` (the default) conv1 is rewritten to take torchvision-normalised RGB input
-    (see `fold_caffe_input`); without it the params expect Caffe's BGR 0-255-minus-mean input.
-    """
+def read_convolutions(path: str | os.PathLike) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Every conv's (kernel (out, in, kh, kw), bias) in the file's (network) order, as Caffe uses
+    them: conv1 takes BGR 0-255-minus-mean input."""
     data = memoryview(pathlib.Path(path).read_bytes())
-    shapes = conv_shapes(V1_0)
+    shapes = [conv.shape for conv in convolutions(layer_plan(V1_0, **MODEL_KWARGS))]
     header = 4 * len(shapes)
     if len(data) < header:
         raise ValueError(f"{path} is too short for a Deep Compression SqueezeNet v1.0 file")
@@ -100,6 +84,18 @@ def load_deep_compression(path: str | os.PathLike, *, fold_input: bool = True) -
         raise ValueError(f"{path} is not a Deep Compression SqueezeNet v1.0 file: {error}") from None
     if offset != len(data):
         raise ValueError(f"{path} has {len(data) - offset} bytes more than a Deep Compression SqueezeNet v1.0 file")
+    return convs
+
+
+def load_deep_compression(path: str | os.PathLike, *, fold_input: bool = True) -> tuple[str, dict[str, Any], Params]:
+    """("squeezenet1_0", model options, Flax params) from the paper's compressed `.net` file.
+
+    The options (`MODEL_KWARGS`: `classifier_padding=1`) make `create_model` build Caffe's net,
+    whose logits these params give. With `fold_input` (the default) conv1 is rewritten to take
+    torchvision-normalised RGB input (see `fold_caffe_input`); without it the params expect
+    Caffe's BGR 0-255-minus-mean input.
+    """
+    convs = read_convolutions(path)
     if fold_input:
         convs[0] = fold_caffe_input(*convs[0])
-    return MODEL, from_conv_sequence(convs, V1_0)
+    return MODEL, dict(MODEL_KWARGS), from_conv_sequence(convs, V1_0)

@@ -11,6 +11,8 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 
+from flax_squeezenet import files
+
 CACHE_ENV = "FLAX_SQUEEZENET_CACHE"
 TIMEOUT_S = 30
 
@@ -23,11 +25,20 @@ def cache_dir(override: str | os.PathLike | None = None) -> pathlib.Path:
     """Where downloads and converted weights are kept: `override`, else `$FLAX_SQUEEZENET_CACHE`,
     else `$XDG_CACHE_HOME/flax_squeezenet`, else `~/.cache/flax_squeezenet`."""
     if override is not None:
-        return pathlib.Path(override)
+        return files.user_path(override)
     if os.environ.get(CACHE_ENV):
-        return pathlib.Path(os.environ[CACHE_ENV])
+        return files.user_path(os.environ[CACHE_ENV])
     xdg = os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache"
-    return pathlib.Path(xdg) / "flax_squeezenet"
+    return files.user_path(xdg) / "flax_squeezenet"
+
+
+def sha256_of(path: pathlib.Path) -> str:
+    """The hex sha256 of the file at `path`."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while chunk := file.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 @contextlib.contextmanager
@@ -35,7 +46,8 @@ def downloaded(url: str, directory: pathlib.Path, sha256_prefix: str | None = No
     """Download `url` to a temporary file in `directory`, yield its path, delete it afterwards.
 
     Raises `DownloadError` if the URL cannot be fetched or the file's sha256 does not start with
-    `sha256_prefix`; no file is left behind either way.
+    `sha256_prefix`; no file is left behind either way. The file has the mode the umask gives, so
+    a caller may rename it into place.
     """
     directory.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=directory, prefix=".download-")
@@ -56,6 +68,20 @@ def downloaded(url: str, directory: pathlib.Path, sha256_prefix: str | None = No
                 f"{url} has sha256 {digest.hexdigest()}, expected one starting with {sha256_prefix}: "
                 "the download is corrupt or not the expected file"
             )
+        files.give_umask_mode(path)
         yield path
     finally:
         path.unlink(missing_ok=True)
+
+
+def fetched(url: str, destination: pathlib.Path, sha256_prefix: str) -> pathlib.Path:
+    """`destination`, downloaded from `url` unless it is already there with the expected sha256.
+
+    A copy whose sha256 does not start with `sha256_prefix` (truncated, damaged) is replaced.
+    Raises `DownloadError` as `downloaded` does.
+    """
+    if destination.is_file() and sha256_of(destination).startswith(sha256_prefix):
+        return destination
+    with downloaded(url, destination.parent, sha256_prefix) as path:
+        os.replace(path, destination)
+    return destination

@@ -1,4 +1,4 @@
-"""Export a SqueezeNet to ONNX, written directly from its stage description and parameters.
+"""Export a SqueezeNet to ONNX, written directly from its layer plan and parameters.
 
 The graph is the one `SqueezeNet.__call__` computes for inference, in ONNX's NCHW layout: Conv,
 Relu, MaxPool (3x3/2, ceil_mode=1), Concat, Add (bypass), GlobalAveragePool and Flatten, with a
@@ -9,15 +9,17 @@ for the Flax model; output "logits" (batch, num_classes) float32. Needs the `onn
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
-import tempfile
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from flax_squeezenet.models import Conv, MaxPool, SqueezeNet
+from flax_squeezenet import files
+from flax_squeezenet.layers import Convolution, Layer
+from flax_squeezenet.models import SqueezeNet
 
 OPSET = 17  # Supported by onnxruntime (mobile included), pnnx/ncnn and TensorRT alike.
 IR_VERSION = 8  # The IR version of opset 17, so that older runtimes accept the file.
@@ -40,62 +42,66 @@ class _GraphBuilder:
         self.nodes.append(self._helper.make_node(op, inputs, [output], name=output, **attributes))
         return output
 
-    def conv(self, x: str, path: tuple[str, ...], *, stride: int = 1, pad: int = 0) -> str:
-        """Conv + bias from the Flax parameters at `path` (kernel HWIO -> ONNX OIHW)."""
+    def conv(self, x: str, conv: Convolution) -> str:
+        """Conv + bias of the plan's `conv`, from the Flax parameters at its path (HWIO -> OIHW)."""
         leaf: Any = self.params
-        for key in path:
+        for key in conv.path:
             if key not in leaf:
-                raise ValueError(f"expected a parameter {'/'.join(path)} for this model; it is missing")
+                raise ValueError(f"expected a parameter {conv.name} for this model; it is missing")
             leaf = leaf[key]
         kernel = np.asarray(leaf["kernel"], np.float32).transpose(3, 2, 0, 1)
-        name = "/".join(path)
+        if kernel.shape != conv.shape:
+            raise ValueError(
+                f"expected parameter {conv.name}/kernel of shape (out, in, kh, kw) {conv.shape} "
+                f"for this model, got {kernel.shape}"
+            )
         for suffix, array in (("kernel", kernel), ("bias", np.asarray(leaf["bias"], np.float32))):
             self.initializers.append(
-                self._numpy_helper.from_array(np.ascontiguousarray(array), f"{name}/{suffix}")
+                self._numpy_helper.from_array(np.ascontiguousarray(array), f"{conv.name}/{suffix}")
             )
         return self.node(
-            "Conv", [x, f"{name}/kernel", f"{name}/bias"], f"{name}/conv",
-            kernel_shape=list(kernel.shape[2:]), strides=[stride, stride], pads=[pad] * 4,
+            "Conv", [x, f"{conv.name}/kernel", f"{conv.name}/bias"], f"{conv.name}/conv",
+            kernel_shape=[conv.kernel] * 2, strides=[conv.stride] * 2, pads=[conv.padding] * 4,
         )  # fmt: skip
 
     def relu(self, x: str) -> str:
         return self.node("Relu", [x], f"{x}/relu")
+
+    def fire(self, x: str, layer: Layer) -> str:
+        """The Fire layer: squeeze, both expands, their concatenation and the shortcut."""
+        squeeze, expand1x1, expand3x3 = layer.convs
+        squeezed = self.relu(self.conv(x, squeeze))
+        expanded = [self.relu(self.conv(squeezed, expand1x1)), self.relu(self.conv(squeezed, expand3x3))]
+        y = self.node("Concat", expanded, f"{layer.name}/concat", axis=1)
+        if layer.shortcut == "identity":
+            return self.node("Add", [y, x], f"{layer.name}/bypass")
+        if layer.shortcut == "projection":
+            return self.node("Add", [y, self.conv(x, layer.shortcut_conv)], f"{layer.name}/bypass")
+        return y
+
+    def layer(self, x: str, layer: Layer) -> str:
+        """The nodes of one plan layer applied to `x`; the classifier without its global pooling."""
+        if layer.kind == "max_pool":
+            return self.node("MaxPool", [x], layer.name, kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1)
+        if layer.kind == "fire":
+            return self.fire(x, layer)
+        return self.relu(self.conv(x, layer.convs[0]))
 
 
 def to_onnx(module: SqueezeNet, variables: Mapping[str, Any]) -> Any:
     """The `onnx.ModelProto` computing `module.apply(variables, images)` (eval mode) on NCHW input.
 
     Raises:
-      ValueError: `variables` lack a parameter the module needs (the first one is named).
+      ValueError: `variables` lack a parameter the module needs or have it in another shape (the
+        first one is named).
     """
     import onnx
     import onnx.helper
 
-    params = variables.get("params", variables)
-    graph = _GraphBuilder(params)
-    x, channels = "images", module.in_channels
-    fire_index = 2
-    for stage in module.stages:
-        if isinstance(stage, Conv):
-            x = graph.relu(graph.conv(x, ("conv1",), stride=stage.stride))
-            channels = stage.features
-        elif isinstance(stage, MaxPool):
-            x = graph.node("MaxPool", [x], f"{x}/maxpool", kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1)
-        else:
-            name = f"fire{fire_index}"
-            squeezed = graph.relu(graph.conv(x, (name, "squeeze")))
-            expanded = [
-                graph.relu(graph.conv(squeezed, (name, "expand1x1"))),
-                graph.relu(graph.conv(squeezed, (name, "expand3x3"), pad=1)),
-            ]
-            y = graph.node("Concat", expanded, f"{name}/concat", axis=1)
-            if module.bypass != "none" and stage.features == channels:
-                y = graph.node("Add", [y, x], f"{name}/bypass")
-            elif module.bypass == "complex":
-                y = graph.node("Add", [y, graph.conv(x, (f"{name}_bypass",))], f"{name}/bypass")
-            x, channels = y, stage.features
-            fire_index += 1
-    x = graph.relu(graph.conv(x, ("classifier",)))
+    graph = _GraphBuilder(variables.get("params", variables))
+    x = "images"
+    for layer in module.plan:
+        x = graph.layer(x, layer)
     x = graph.node("GlobalAveragePool", [x], "pooled")
     graph.node("Flatten", [x], "logits", axis=1)
     helper = onnx.helper
@@ -114,19 +120,19 @@ def to_onnx(module: SqueezeNet, variables: Mapping[str, Any]) -> Any:
     return model
 
 
-def save_onnx(module: SqueezeNet, variables: Mapping[str, Any], path: str | os.PathLike) -> pathlib.Path:
-    """Write the ONNX export of `module` with `variables` to `path` (temp file, then rename)."""
+def save_onnx(
+    module: SqueezeNet, variables: Mapping[str, Any], path: str | os.PathLike, *, preprocessing: Any = None
+) -> pathlib.Path:
+    """Write the ONNX export of `module` with `variables` to `path` (whole or not at all, mode per umask).
+
+    `preprocessing` (a `conventions.InputConvention`) is stored as the model property
+    "preprocessing" (JSON: mean, std, resize_size, crop_size, channel_order) for deployments.
+    """
     import onnx
 
-    path = pathlib.Path(path)
     model = to_onnx(module, variables)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(descriptor)
-    try:
+    if preprocessing is not None:
+        onnx.helper.set_model_props(model, {"preprocessing": json.dumps(preprocessing.to_dict())})
+    with files.atomic_file(path) as temporary:
         onnx.save(model, temporary)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-    return path
+    return files.user_path(path)

@@ -7,9 +7,8 @@ The names are not shipped with the package: they come from an explicit file, the
 from __future__ import annotations
 
 import os
-import pathlib
 
-from flax_squeezenet import download
+from flax_squeezenet import download, files
 
 CLASS_NAMES_URL = "https://raw.githubusercontent.com/pytorch/hub/master/imagenet_classes.txt"
 CLASS_NAMES_ENV = "FLAX_SQUEEZENET_CLASS_NAMES"
@@ -23,7 +22,11 @@ def read_class_names(path: str | os.PathLike) -> list[str]:
     A line may list synonyms ("tench, Tinca tinca"); the first is the class name. Raises ValueError
     unless there are exactly 1,000 non-empty lines.
     """
-    lines = [line.strip() for line in pathlib.Path(path).read_text(encoding="utf-8").splitlines()]
+    try:
+        text = files.user_path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not a text file of class names (one per line)") from None
+    lines = [line.strip() for line in text.splitlines()]
     names = [line.split(",")[0].strip() for line in lines if line]
     if len(names) != NUM_CLASSES:
         raise ValueError(f"{path} has {len(names)} class names, expected {NUM_CLASSES} (one per line)")

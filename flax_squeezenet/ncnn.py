@@ -96,7 +96,7 @@ def _read_weights(data: bytes, specs: list[_ConvSpec], path: str) -> list[tuple[
 
 def ncnn_paths(path: str | os.PathLike) -> tuple[pathlib.Path, pathlib.Path]:
     """The (.param, .bin) pair for either of its files."""
-    path = pathlib.Path(path)
+    path = pathlib.Path(path).expanduser()
     return path.with_suffix(".param"), path.with_suffix(".bin")
 
 
@@ -106,7 +106,11 @@ def load_ncnn(path: str | os.PathLike) -> tuple[str, Params]:
     for file in (param_path, bin_path):
         if not file.is_file():
             raise FileNotFoundError(f"{file} not found: an ncnn model needs both the .param and the .bin file")
-    specs = _parse_param(param_path.read_text(), str(param_path))
+    try:
+        text = param_path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{param_path} is not an ncnn .param file: expected text, found binary data") from None
+    specs = _parse_param(text, str(param_path))
     if not specs:
         raise ValueError(f"{param_path} has no Convolution layers")
     convs = _read_weights(bin_path.read_bytes(), specs, str(bin_path))

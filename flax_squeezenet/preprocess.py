@@ -2,17 +2,28 @@
 
 torchvision's `Resize(256)` (bilinear, on the shorter side), `CenterCrop(224)`, `ToTensor()` and
 `Normalize(mean, std)`, done with PIL and NumPy and returned channels-last (NHWC float32).
+
+Images become RGB as torchvision's ImageFolder loader makes them (`Image.convert("RGB")`: gray
+replicated, alpha dropped, palettes looked up, CMYK/YCbCr/LAB/HSV converted), with two
+differences where its result would be wrong (tests/test_image_modes.py):
+- photos are turned upright as their EXIF orientation says, as every viewer shows them
+  (torchvision's loader ignores the tag and feeds the model a rotated or mirrored picture);
+- 16-bit grayscale (PNG/TIFF mode "I;16") keeps its top 8 bits, as PIL reads 16-bit colour
+  (`convert("RGB")` clips it to 255: a white picture). 32-bit integer and float images ("I",
+  "F") are read on the 0-255 scale and refused if their values leave it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-import pathlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Union
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from flax_squeezenet import files
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -20,29 +31,83 @@ RESIZE_SIZE = 256
 CROP_SIZE = 224
 
 ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+# Converted through an intermediate mode: PIL warns on palette transparency and has no La -> RGB.
+CONVERSION_STEPS = {"P": "RGBA", "La": "LA"}
+
+
+def _eight_bit(image: Image.Image, source: str) -> Image.Image:
+    """`image` in a mode whose `convert("RGB")` is meaningful; ValueError naming `source` if none is."""
+    if image.mode in SIXTEEN_BIT_MODES:
+        return Image.fromarray((np.asarray(image).astype(np.uint16) >> 8).astype(np.uint8), "L")
+    if image.mode in ("I", "F"):
+        low, high = image.getextrema()
+        if low < 0 or high > 255:
+            raise ValueError(
+                f"{source} is a {'float' if image.mode == 'F' else '32-bit integer'} image with values from "
+                f"{low} to {high}: expected 0-255 (convert it to 8-bit RGB or grayscale first)"
+            )
+        return image
+    return image.convert(CONVERSION_STEPS[image.mode]) if image.mode in CONVERSION_STEPS else image
+
+
+def to_rgb(image: Image.Image, source: str = "the image") -> Image.Image:
+    """`image` upright (EXIF orientation applied) and in RGB; ValueError naming `source` if its mode
+    has no meaningful RGB reading."""
+    eight_bit = _eight_bit(ImageOps.exif_transpose(image), source)
+    try:
+        return eight_bit.convert("RGB")
+    except ValueError as error:
+        raise ValueError(f"{source} has PIL mode {image.mode!r}, which cannot be read as RGB ({error})") from None
+
+
+@contextlib.contextmanager
+def _opened_image(path: str | os.PathLike) -> Iterator[tuple[Image.Image, str]]:
+    """The image file `path` opened (decoded on demand) and its name; errors in the block name it."""
+    resolved = files.user_path(path)
+    if resolved.is_dir():
+        raise FileNotFoundError(f"{path} is a directory: expected an image file")
+    if not resolved.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        with Image.open(resolved) as image:
+            yield image, str(resolved)
+    except Image.DecompressionBombError as error:
+        raise ValueError(
+            f"{resolved} is too large for PIL ({error}); if you trust it, raise PIL.Image.MAX_IMAGE_PIXELS"
+        ) from None
+    except (UnidentifiedImageError, OSError) as error:
+        raise ValueError(f"{resolved} is not an image PIL can read: {error}") from None
+
+
+def check_image(path: str | os.PathLike) -> None:
+    """Raise as `load_image` would for a missing file or one that is not an image PIL can open,
+    reading only the file's header."""
+    with _opened_image(path):
+        pass
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:
-    """The RGB image in the file `path`; ValueError if it is not an image PIL can read."""
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (UnidentifiedImageError, OSError) as error:
-        raise ValueError(f"{path} is not an image PIL can read: {error}") from None
+    """The RGB image in the file `path` (upright, see the module's notes).
+
+    Raises FileNotFoundError if there is no such file (or it is a directory) and ValueError if it is
+    not an image PIL can read, is larger than PIL's decompression-bomb limit, or its mode has no
+    meaningful RGB reading.
+    """
+    with _opened_image(path) as (image, name):
+        return to_rgb(image, name)
 
 
 def to_pil(image: ImageLike) -> Image.Image:
     """An RGB PIL image from a path, a PIL image of any mode, or a uint8 array (H, W), (H, W, 1|3|4).
 
-    Grayscale is replicated to RGB and an alpha channel dropped, as `Image.convert("RGB")` does.
+    Grayscale is replicated to RGB and an alpha channel dropped, as `Image.convert("RGB")` does;
+    files and PIL images are read as the module's notes say.
     """
     if isinstance(image, (str, os.PathLike)):
         return load_image(image)
     if isinstance(image, Image.Image):
-        return image.convert("RGB")
+        return to_rgb(image)
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8:
             raise ValueError(f"expected a uint8 image array (0-255), got dtype {image.dtype}")

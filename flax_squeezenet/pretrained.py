@@ -9,12 +9,12 @@ torchvision `.pth` state dict (read without torch or arbitrary unpickling) or an
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import pathlib
 import re
 import shutil
-import tempfile
 import urllib.parse
 import zipfile
 from typing import Any
@@ -25,12 +25,18 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from flax_squeezenet import convert, deepcompression, download, ncnn, pth
+from flax_squeezenet import convert, deepcompression, download, files, ncnn, pth, safetensors_io
+from flax_squeezenet.conventions import IMAGENET, InputConvention
 from flax_squeezenet.models import MODELS, SqueezeNet, create_model
 
 METADATA_FILE = "metadata.json"
 VARIABLES_DIR = "variables"
 DTYPE_KWARGS = ("dtype", "param_dtype")
+DIGEST_KEY = "variables_sha256"
+
+
+class DamagedCheckpointError(ValueError):
+    """A save_pretrained directory whose files are missing, unreadable or not what was saved."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,90 +95,160 @@ def _may_replace(directory: pathlib.Path) -> bool:
     return directory.is_dir() and (_is_checkpoint(directory) or not any(directory.iterdir()))
 
 
-def save_pretrained(directory: str | os.PathLike, variables: Any, *, model: str, **model_kwargs: Any) -> pathlib.Path:
+def save_pretrained(
+    directory: str | os.PathLike,
+    variables: Any,
+    *,
+    model: str,
+    format: str = "orbax",
+    preprocessing: InputConvention | None = None,
+    class_names: list[str] | None = None,
+    **model_kwargs: Any,
+) -> pathlib.Path:
     """Save `variables` of the variant `model` built with `model_kwargs` to `directory`.
 
+    `format="safetensors"` writes the Hugging Face Hub layout instead (see `safetensors_io`).
+    `preprocessing` (default: ImageNet's) and `class_names` travel with the weights.
+
     Writes an Orbax checkpoint of the variables plus `metadata.json` ({"model": ..., "model_kwargs":
-    ...}; dtypes by name), so `load_pretrained(directory)` rebuilds the same module. The write goes
+    ...}; dtypes by name; the variables' sha256, checked on load), so `load_pretrained(directory)`
+    rebuilds the same module. Directories and files get the modes the umask gives. The write goes
     to a temporary sibling directory that replaces `directory` only once complete: a failed save
     leaves an existing checkpoint intact. Refuses to replace a directory that is not a checkpoint.
     Returns the directory's absolute path.
     """
-    directory = pathlib.Path(directory).absolute()
+    directory = files.user_path(directory)
     if model not in MODELS:
         raise ValueError(f"unknown model {model!r}; expected one of {', '.join(MODELS)}")
-    metadata = {"model": model, "model_kwargs": _encode_kwargs(model_kwargs)}
+    metadata = {"model": model, "model_kwargs": _encode_kwargs(model_kwargs),
+                "preprocessing": (preprocessing or IMAGENET).to_dict()}  # fmt: skip
+    if class_names is not None:
+        metadata["class_names"] = list(class_names)
+    if format == "safetensors":
+        return safetensors_io.save_safetensors(directory, variables, metadata)
+    if format != "orbax":
+        raise ValueError(f"expected format 'orbax' or 'safetensors', got {format!r}")
+    metadata[DIGEST_KEY] = variables_digest(variables)
     if not _may_replace(directory):
         raise FileExistsError(f"{directory} exists and is not a checkpoint written by save_pretrained; not replacing it")
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = pathlib.Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.saving-"))
-    try:
+    with files.atomic_directory(directory) as staging:
         with ocp.StandardCheckpointer() as checkpointer:
             checkpointer.save(staging / VARIABLES_DIR, variables)
             checkpointer.wait_until_finished()
         (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
-        if directory.exists():
-            retired = pathlib.Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.old-"))
-            os.replace(directory, retired / directory.name)
-            try:
-                os.replace(staging, directory)
-            except BaseException:
-                os.replace(retired / directory.name, directory)
-                retired.rmdir()
-                raise
-            shutil.rmtree(retired)
-        else:
-            os.replace(staging, directory)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return directory
+
+
+def variables_digest(variables: Any) -> str:
+    """The sha256 of every leaf's path, dtype, shape and bytes: equal exactly when the trees are."""
+    digest = hashlib.sha256()
+    leaves, _ = jax.tree_util.tree_flatten_with_path(variables)
+    for path, leaf in sorted((jax.tree_util.keystr(path), np.asarray(leaf)) for path, leaf in leaves):
+        digest.update(f"{path} {leaf.dtype.str} {leaf.shape}\n".encode())
+        digest.update(np.ascontiguousarray(leaf).tobytes())
+    return digest.hexdigest()
+
+
+def _read_metadata(directory: pathlib.Path) -> dict[str, Any]:
+    path = directory / METADATA_FILE
+    try:
+        metadata = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DamagedCheckpointError(f"{path} is not valid JSON ({error}); expected save_pretrained's metadata") from None
+    if not isinstance(metadata, dict) or metadata.get("model") not in MODELS:
+        raise DamagedCheckpointError(f"{path}: expected a JSON object whose \"model\" is one of {', '.join(MODELS)}")
+    if not isinstance(metadata.get("model_kwargs", {}), dict):
+        raise DamagedCheckpointError(f"{path}: expected \"model_kwargs\" to be a JSON object of model options")
+    return metadata
+
+
+def _restore_variables(directory: pathlib.Path) -> Any:
+    """The variables in the Orbax checkpoint `directory`, as numpy arrays of the saved dtypes."""
+    with ocp.StandardCheckpointer() as checkpointer:
+        # Orbax reports damage as AttributeError, ValueError or tensorstore errors depending on
+        # which file is missing (tests/test_pretrained_damage.py): any failure here is damage.
+        try:
+            leaves = checkpointer.metadata(directory).item_metadata
+            if leaves is None:
+                raise ValueError("no readable _METADATA or manifest")
+            target = jax.tree_util.tree_map(lambda leaf: np.zeros(leaf.shape, leaf.dtype), leaves.tree)
+            return checkpointer.restore(directory, target)
+        except Exception as error:
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise DamagedCheckpointError(f"{directory} is not a readable Orbax checkpoint: {reason}") from None
 
 
 def _read_checkpoint(directory: pathlib.Path) -> tuple[str, dict[str, Any], Any]:
     if not _is_checkpoint(directory):
-        raise ValueError(f"{directory} is not a checkpoint written by save_pretrained (no {METADATA_FILE})")
-    metadata = json.loads((directory / METADATA_FILE).read_text())
-    with ocp.StandardCheckpointer() as checkpointer:
-        leaves = checkpointer.metadata(directory / VARIABLES_DIR).item_metadata.tree
-        target = jax.tree_util.tree_map(lambda leaf: np.zeros(leaf.shape, leaf.dtype), leaves)
-        variables = checkpointer.restore(directory / VARIABLES_DIR, target)
+        raise ValueError(
+            f"{directory} is not a checkpoint written by save_pretrained (expected {METADATA_FILE} and {VARIABLES_DIR}/)"
+        )
+    metadata = _read_metadata(directory)
+    variables = _restore_variables(directory / VARIABLES_DIR)
+    if DIGEST_KEY in metadata and variables_digest(variables) != metadata[DIGEST_KEY]:
+        raise DamagedCheckpointError(
+            f"{directory} is damaged: its variables do not match the {DIGEST_KEY} in {METADATA_FILE}"
+        )
     return metadata["model"], _decode_kwargs(metadata.get("model_kwargs", {})), variables
 
 
-def _named_checkpoint(name: str, cache_override: str | os.PathLike | None) -> pathlib.Path:
-    """The cached, converted checkpoint of the published weights `name`; downloads it if absent."""
-    weights = PRETRAINED[name]
-    root = download.cache_dir(cache_override)
-    directory = root / pathlib.PurePosixPath(weights.file_name).stem
-    if _is_checkpoint(directory):
-        return directory
+def _convert_into_cache(weights: PretrainedWeights, directory: pathlib.Path) -> None:
+    """Convert the published `.pth` (downloaded into the cache unless there, verified) into `directory`."""
     try:
-        with download.downloaded(weights.url, root, weights.sha256_prefix) as path:
-            model, params = convert.from_torchvision(pth.load_pth(path))
+        path = download.fetched(weights.url, directory.parent / weights.file_name, weights.sha256_prefix)
     except download.DownloadError as error:
         raise download.DownloadError(
             f"{error}. To work offline, fetch {weights.url} elsewhere and pass the file: "
             f"load_pretrained('/path/to/{weights.file_name}') or squeezenet-predict --weights /path/to/{weights.file_name}"
         ) from None
-    return save_pretrained(directory, {"params": params}, model=model)
+    model, params = convert.from_torchvision(pth.load_pth(path))
+    if directory.exists() and not _is_checkpoint(directory):
+        shutil.rmtree(directory)  # A damaged conversion of ours; save_pretrained only replaces checkpoints.
+    save_pretrained(directory, {"params": params}, model=model)
+
+
+def _read_named(name: str, cache_override: str | os.PathLike | None) -> tuple[str, dict[str, Any], Any]:
+    """The published weights `name` from the cache, converted (and downloaded) first if absent or damaged."""
+    weights = PRETRAINED[name]
+    directory = download.cache_dir(cache_override) / pathlib.PurePosixPath(weights.file_name).stem
+    if directory.exists():
+        try:
+            return _read_checkpoint(directory)
+        except ValueError as damage:
+            try:
+                _convert_into_cache(weights, directory)
+            except (OSError, ValueError) as error:
+                raise DamagedCheckpointError(
+                    f"the cached weights {directory} are damaged ({damage}) and could not be rebuilt ({error}); "
+                    f"delete {directory} and retry"
+                ) from None
+    else:
+        _convert_into_cache(weights, directory)
+    return _read_checkpoint(directory)
 
 
 def _read_weights(name_or_path: str | os.PathLike, cache_override) -> tuple[str, dict[str, Any], Any]:
     """(architecture name, saved model options, variables as numpy) from any supported source."""
     if isinstance(name_or_path, str) and name_or_path in PRETRAINED:
-        return _read_checkpoint(_named_checkpoint(name_or_path, cache_override))
-    path = pathlib.Path(name_or_path)
+        return _read_named(name_or_path, cache_override)
+    if str(name_or_path).startswith(safetensors_io.HUB_PREFIX):
+        name_or_path = safetensors_io.hub_directory(str(name_or_path), cache_override)
+    path = files.user_path(name_or_path)
     if not path.exists():
         raise FileNotFoundError(
             f"{name_or_path} is neither a pretrained name ({', '.join(PRETRAINED)}) nor an existing "
             "file or directory"
         )
+    if path.is_dir() and safetensors_io.is_safetensors_dir(path):
+        config, variables = safetensors_io.read_safetensors(path)
+        return config["model"], _decode_kwargs(config.get("model_kwargs", {})), variables
     if path.is_dir():
         return _read_checkpoint(path)
     if not zipfile.is_zipfile(path) and path.suffix in (".param", ".bin") and ncnn.ncnn_paths(path)[0].is_file():
         model, params = ncnn.load_ncnn(path)
     elif path.suffix == ".net":
-        model, params = deepcompression.load_deep_compression(path)
+        model, kwargs, params = deepcompression.load_deep_compression(path)
+        return model, kwargs, {"params": params}
     else:
         model, params = convert.from_torchvision(pth.load_pth(path))
     return model, {}, {"params": params}
@@ -227,9 +303,12 @@ def load_pretrained(
 
     Args:
       name_or_path: "squeezenet1_0" or "squeezenet1_1" (torchvision's IMAGENET1K_V1 weights,
-        downloaded into the cache on first use), or a path: a torchvision `.pth` state dict, a
-        directory written by `save_pretrained`, an ncnn `.param`/`.bin` file, or the paper's
-        Deep Compression `.net` file (see `deepcompression` for its Caffe conventions).
+        downloaded into the cache on first use), or a path (relative, absolute or with `~`): a
+        torchvision `.pth` state dict, a directory written by `save_pretrained` (Orbax, or
+        `model.safetensors` + `config.json`), an ncnn `.param`/`.bin` file, the paper's Deep
+        Compression `.net` file (see `deepcompression` for its Caffe conventions), or
+        `hf://owner/repo[@revision]` (a Hub repository in the safetensors layout; needs the `hub`
+        extra). `conventions.input_convention` gives the preprocessing each source expects.
       model: the variant (a key of `MODELS`) to build; by default the checkpoint's (for torchvision
         and ncnn files, v1.0 or v1.1 as told by the first conv's shape).
       num_classes: None keeps the checkpoint's classifier; another number replaces it by a fresh
@@ -241,10 +320,16 @@ def load_pretrained(
 
     Raises:
       ValueError: the weights don't fit the architecture (naming the first parameter that
-        doesn't), or the file is not a supported checkpoint.
+        doesn't), or the file is not a supported checkpoint (naming it).
+      DamagedCheckpointError: a save_pretrained directory is incomplete or its variables are not
+        the saved ones (a ValueError naming the directory). A damaged cache of named weights is
+        rebuilt instead, from the cached `.pth` or a new download.
+      pth.UnsafePickleError: a `.pth` file's pickle refers to something other than tensors.
       FileNotFoundError: `name_or_path` is neither a known name nor an existing path.
       download.DownloadError: named weights are not cached and cannot be downloaded.
     """
+    if num_classes is not None and num_classes < 1:
+        raise ValueError(f"num_classes must be at least 1, got {num_classes}")
     source_model, saved_kwargs, variables = _read_weights(name_or_path, cache_dir)
     model_name = model or source_model
     kwargs = {**saved_kwargs, **_decode_kwargs(model_kwargs)}

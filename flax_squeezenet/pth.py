@@ -16,6 +16,7 @@ import io
 import os
 import pickle
 import zipfile
+from collections.abc import Iterator
 from typing import Any, BinaryIO
 
 import ml_dtypes
@@ -37,7 +38,7 @@ STORAGE_DTYPES: dict[str, np.dtype] = {
 }
 
 
-class UnsafePickleError(pickle.UnpicklingError):
+class UnsafePickleError(pickle.UnpicklingError, ValueError):
     """The pickle refers to something other than tensors and ordered dicts of them."""
 
 
@@ -52,6 +53,7 @@ class _StorageRef:
 
     key: str
     dtype: np.dtype
+    numel: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,21 +105,51 @@ class _StateDictUnpickler(pickle.Unpickler):
     def persistent_load(self, pid: Any) -> _StorageRef:
         if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"):
             raise UnsafePickleError(f"unexpected persistent id {pid!r}: expected a tensor storage")
-        storage_type, key = pid[1], str(pid[2])
+        storage_type, key, numel = pid[1], str(pid[2]), pid[4]
         if not isinstance(storage_type, _StorageType):
             raise UnsafePickleError(f"unexpected storage type {storage_type!r}")
+        if not isinstance(numel, int) or numel < 0:
+            raise ValueError(f"storage {key} declares {numel!r} elements, expected a count")
         if self._legacy and len(pid) > 5 and pid[5] is not None:
             raise ValueError("storage views in legacy .pth files are not supported")
-        return self.storages.setdefault(key, _StorageRef(key, storage_type.dtype))
+        return self.storages.setdefault(key, _StorageRef(key, storage_type.dtype, numel))
+
+
+def _tensor_refs(obj: Any) -> Iterator[_TensorRef]:
+    if isinstance(obj, _TensorRef):
+        yield obj
+    elif isinstance(obj, dict):
+        for value in obj.values():
+            yield from _tensor_refs(value)
+    elif isinstance(obj, (list, tuple)):
+        for value in obj:
+            yield from _tensor_refs(value)
+
+
+def _elements_needed(obj: Any, storages: dict[str, _StorageRef]) -> dict[str, int]:
+    """For each storage, how many elements its tensors use: the most that will be read of it.
+
+    Raises ValueError if a tensor reaches outside the size its storage declares.
+    """
+    needed = dict.fromkeys(storages, 0)
+    for tensor in _tensor_refs(obj):
+        if min(tensor.shape, default=1) == 0:
+            continue
+        if tensor.offset < 0 or min(tensor.stride, default=0) < 0:
+            raise ValueError(f"a tensor of shape {tensor.shape} has a negative offset or stride")
+        end = tensor.offset + sum((n - 1) * s for n, s in zip(tensor.shape, tensor.stride)) + 1
+        if end > tensor.storage.numel:
+            raise ValueError(f"a tensor of shape {tensor.shape} reaches past the end of its storage")
+        needed[tensor.storage.key] = max(needed[tensor.storage.key], end)
+    return needed
 
 
 def _materialize(obj: Any, storages: dict[str, np.ndarray]) -> Any:
     if isinstance(obj, _TensorRef):
         data = storages[obj.storage.key]
         itemsize = data.dtype.itemsize
-        end = obj.offset + sum((n - 1) * s for n, s in zip(obj.shape, obj.stride)) + 1
-        if min(obj.shape, default=1) > 0 and (obj.offset < 0 or end > data.size):
-            raise ValueError(f"a tensor of shape {obj.shape} reaches past the end of its storage")
+        if min(obj.shape, default=1) == 0:
+            return np.zeros(obj.shape, data.dtype)
         view = np.lib.stride_tricks.as_strided(
             data[obj.offset :],
             shape=obj.shape,
@@ -147,10 +179,17 @@ def _read_zip(archive: zipfile.ZipFile) -> Any:
     byteorder = "little"
     if prefix + "byteorder" in archive.namelist():
         byteorder = archive.read(prefix + "byteorder").decode().strip()
-    storages = {
-        key: _storage_array(archive.read(f"{prefix}data/{key}"), ref, byteorder)
-        for key, ref in unpickler.storages.items()
-    }
+    storages = {}
+    for key, count in _elements_needed(obj, unpickler.storages).items():
+        ref = unpickler.storages[key]
+        entry = archive.getinfo(f"{prefix}data/{key}")
+        size = count * ref.dtype.itemsize
+        if entry.file_size < size:
+            raise ValueError(f"storage {key} holds {entry.file_size} bytes, its tensors need {size}")
+        # Only the bytes the tensors use are decompressed: an entry declaring far more (a zip
+        # bomb) costs nothing (tests/test_pth_limits.py::test_zip_bomb_entry_is_not_read_in_full).
+        with archive.open(entry) as data:
+            storages[key] = _storage_array(data.read(size), ref, byteorder)
     return _materialize(obj, storages)
 
 
@@ -165,13 +204,17 @@ def _read_legacy(file: BinaryIO) -> Any:
     byteorder = "little" if not isinstance(sys_info, dict) or sys_info.get("little_endian", True) else "big"
     unpickler = _StateDictUnpickler(file, legacy=True)
     obj = unpickler.load()
+    needed = _elements_needed(obj, unpickler.storages)
+    file_size = os.fstat(file.fileno()).st_size
     storages = {}
     for key in header():
         ref = unpickler.storages[str(key)]
         count = int.from_bytes(file.read(8), byteorder)
+        if count < needed[ref.key] or count * ref.dtype.itemsize > file_size - file.tell():
+            raise ValueError(
+                f"storage {ref.key} declares {count} elements: more than the file holds, or fewer than its tensors need"
+            )
         raw = file.read(count * ref.dtype.itemsize)
-        if len(raw) != count * ref.dtype.itemsize:
-            raise ValueError(f"storage {ref.key} is truncated")
         storages[ref.key] = _storage_array(raw, ref, byteorder)
     return _materialize(obj, storages)
 
@@ -183,7 +226,7 @@ def load_pth(path: str | os.PathLike) -> dict[str, np.ndarray]:
     checkpoints). Raises `UnsafePickleError` if the pickle refers to any other object, and
     `ValueError` if the file is not a PyTorch state dict.
     """
-    path = os.fspath(path)
+    path = os.fspath(os.path.expanduser(path))
     try:
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as archive:
@@ -191,8 +234,8 @@ def load_pth(path: str | os.PathLike) -> dict[str, np.ndarray]:
         else:
             with open(path, "rb") as file:
                 obj = _read_legacy(file)
-    except UnsafePickleError:
-        raise
+    except UnsafePickleError as error:
+        raise UnsafePickleError(f"{path}: {error}") from None
     except (pickle.UnpicklingError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as error:
         raise ValueError(f"{path} is not a readable PyTorch state dict: {error}") from None
     for wrapper_key in ("state_dict", "model"):

@@ -23,6 +23,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from flax_squeezenet import files
 from flax_squeezenet.export import to_onnx
 from flax_squeezenet.models import SqueezeNet
 from flax_squeezenet.preprocess import CROP_SIZE, IMAGENET_MEAN, IMAGENET_STD, RESIZE_SIZE, preprocess_one, to_pil
@@ -182,21 +183,10 @@ def quantize_int8(proto: Any, calibration_nhwc: np.ndarray, float_nodes: Sequenc
 
 
 def write_onnx(proto: Any, path: str | os.PathLike) -> pathlib.Path:
-    """Write `proto` to `path` atomically (temp file, then rename), with the permissions the umask gives."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(descriptor)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)
-        pathlib.Path(temporary).write_bytes(proto.SerializeToString())
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-    return path
+    """Write `proto` to `path`, whole or not at all, with the mode the user's umask gives."""
+    with files.atomic_file(path) as temporary:
+        temporary.write_bytes(proto.SerializeToString())
+    return files.user_path(path)
 
 
 def run_onnx(path_or_proto: Any, images_nhwc: np.ndarray) -> np.ndarray:

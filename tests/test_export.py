@@ -42,6 +42,19 @@ def test_onnxruntime_matches_flax_at_two_batch_sizes_and_an_odd_size(name, tmp_p
         np.testing.assert_allclose(run_onnx(path, images), expected, rtol=1e-4, atol=1e-4)
 
 
+def test_onnxruntime_matches_flax_with_the_classifier_padding(tmp_path):
+    model = fsq.squeezenet1_0(num_classes=7, classifier_padding=1)
+    variables = variables_with_large_logits(model, 48)
+    head = variables["params"]["classifier"]
+    bias = jax.random.normal(jax.random.key(1), head["bias"].shape)  # a border of relu(bias) is averaged in
+    variables = {"params": {**variables["params"], "classifier": {**head, "bias": bias}}}
+    path = save_onnx(model, variables, tmp_path / "padded.onnx")
+    images = np.random.default_rng(3).standard_normal((2, 51, 51, 3)).astype(np.float32)
+    expected = np.asarray(model.apply(variables, images))
+    assert not np.allclose(expected, model.clone(classifier_padding=0).apply(variables, images), atol=1e-2)
+    np.testing.assert_allclose(run_onnx(path, images), expected, rtol=1e-4, atol=1e-4)
+
+
 def test_export_has_a_dynamic_batch_and_the_fixed_op_set():
     model = fsq.squeezenet1_1(num_classes=5)
     proto = to_onnx(model, model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))

@@ -36,9 +36,9 @@ def test_metaparameter_defaults_rebuild_v1_0():
 
 def test_metaparameters_change_the_fire_modules():
     stages = fsq.metaparameter_stages(base_e=64, incr_e=32, pct3x3=0.25, freq=1, sr=0.5)
-    fires = [s for s in stages if isinstance(s, fsq.Fire)]
+    fires = [s for s in stages if isinstance(s, fsq.FireStage)]
     assert [f.features for f in fires] == [64 + 32 * i for i in range(8)]
-    assert fires[0] == fsq.Fire(32, 48, 16)
+    assert fires[0] == fsq.FireStage(32, 48, 16)
     with pytest.raises(ValueError, match="pct3x3"):
         fsq.metaparameter_stages(pct3x3=1.5)
 
@@ -160,3 +160,100 @@ def test_grayscale_input_channels():
     model = fsq.squeezenet1_1(num_classes=10, in_channels=1)
     variables = init(model, 32, channels=1)
     assert model.apply(variables, jnp.ones((3, 32, 32, 1))).shape == (3, 10)
+
+
+def test_layer_plan_names_channels_and_shortcuts_of_the_complex_bypass():
+    plan = fsq.layer_plan(fsq.V1_0, bypass="complex", num_classes=10)
+    # The pools are named as in Caffe's prototxt of the paper's v1.0.
+    assert [layer.name for layer in plan] == [
+        "conv1", "pool1", "fire2", "fire3", "fire4", "pool4", "fire5", "fire6", "fire7", "fire8", "pool8",
+        "fire9", "classifier",
+    ]  # fmt: skip
+    fires = {layer.name: layer for layer in plan if layer.kind == "fire"}
+    assert [(f.in_channels, f.out_channels) for f in fires.values()] == [
+        (96, 128), (128, 128), (128, 256), (256, 256), (256, 384), (384, 384), (384, 512), (512, 512)
+    ]
+    assert {name: f.shortcut for name, f in fires.items()} == {
+        "fire2": "projection", "fire3": "identity", "fire4": "projection", "fire5": "identity",
+        "fire6": "projection", "fire7": "identity", "fire8": "projection", "fire9": "identity",
+    }  # fmt: skip
+    assert plan[-1].in_channels == 512 and plan[-1].out_channels == 10
+
+
+@pytest.mark.parametrize("name", ["squeezenet1_1", "squeezenet1_0_complex_bypass"])
+def test_every_parameter_is_a_convolution_of_the_plan(name):
+    model = fsq.create_model(name, num_classes=10, in_channels=2, classifier_padding=1)
+    params = jax.eval_shape(lambda: init(model, 48, channels=2))["params"]
+    kernels = {
+        "/".join(key.key for key in path[:-1]): leaf.shape
+        for path, leaf in jax.tree_util.tree_leaves_with_path(params) if path[-1].key == "kernel"
+    }  # fmt: skip
+    planned = {conv.name: conv.shape for conv in fsq.layers.convolutions(model.plan)}
+    assert kernels == {name: (kh, kw, i, o) for name, (o, i, kh, kw) in planned.items()}
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"bypass": "full"}, "expected bypass 'none', 'simple' or 'complex'"),
+        ({"classifier_padding": -1}, "classifier_padding >= 0"),
+        ({"num_classes": 0}, "num_classes >= 1"),
+        ({"in_channels": 1.5}, "integer in_channels"),
+    ],
+)
+def test_layer_plan_refuses_bad_options(options, message):
+    with pytest.raises(ValueError, match=message):
+        fsq.layer_plan(fsq.V1_1, **options)
+    with pytest.raises(ValueError, match=message):
+        init(fsq.squeezenet1_1(**options), 32)
+
+
+def test_classifier_padding_averages_a_border_of_relu_bias():
+    # Caffe's conv10 (pad 1): the zero border becomes relu(bias) and enters the global average.
+    model = fsq.squeezenet1_1(num_classes=6)
+    padded = fsq.squeezenet1_1(num_classes=6, classifier_padding=1)
+    variables = init(model, 48)
+    head = variables["params"]["classifier"]
+    bias = jax.random.normal(jax.random.key(5), head["bias"].shape)
+    variables = {"params": {**variables["params"], "classifier": {"kernel": head["kernel"] * 100, "bias": bias}}}
+    x = jax.random.normal(jax.random.key(6), (2, 48, 48, 3))
+    height, width = model.apply(variables, x, output="feature_map").shape[1:3]
+    inside = model.apply(variables, x) * height * width
+    border = ((height + 2) * (width + 2) - height * width) * jax.nn.relu(bias)
+    expected = (inside + border) / ((height + 2) * (width + 2))
+    np.testing.assert_allclose(padded.apply(variables, x), expected, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(padded.apply(variables, x), model.apply(variables, x), atol=1e-2)
+
+
+# (layer, channels, stride) of each "stages" entry: the last map at each stride (v1.0 pools
+# after conv1, fire4, fire8; v1.1 after conv1, fire3, fire5).
+STAGES = {
+    "squeezenet1_0": {"stride2": ("conv1", 96, 2), "stride4": ("fire4", 256, 4), "stride8": ("fire8", 512, 8),
+                      "stride16": ("fire9", 512, 16)},
+    "squeezenet1_1": {"stride2": ("conv1", 64, 2), "stride4": ("fire3", 128, 4), "stride8": ("fire5", 256, 8),
+                      "stride16": ("fire9", 512, 16)},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["squeezenet1_0", "squeezenet1_1", "squeezenet1_0_complex_bypass"])
+def test_feature_info_describes_the_stages_output(name):
+    model = fsq.create_model(name, num_classes=5)
+    expected = STAGES[name.removesuffix("_complex_bypass")]
+    info = fsq.feature_info(model.stages, in_channels=3)
+    assert {key: (f.layer, f.channels, f.stride) for key, f in info.items()} == expected
+    assert model.feature_info == info
+    variables = init(model, 64)
+    x = jax.random.normal(jax.random.key(7), (2, 64, 64, 3))
+    stages = model.apply(variables, x, output="stages")
+    assert list(stages) == list(expected)
+    # Each pool halves a map in ceil mode, (size - 2) // 2 + 1: 64 -> 29 (7x7/2) or 31 (3x3/2) -> ...
+    sizes = {"squeezenet1_0": (29, 14, 7, 3), "squeezenet1_1": (31, 15, 7, 3)}[name.removesuffix("_complex_bypass")]
+    for (key, (_, channels, _)), size in zip(expected.items(), sizes):
+        assert stages[key].shape == (2, size, size, channels)
+    np.testing.assert_array_equal(stages["stride16"], model.apply(variables, x, output="feature_map"))
+
+
+def test_stages_output_is_in_the_compute_dtype():
+    model = fsq.squeezenet1_1(num_classes=5, dtype=jnp.bfloat16)
+    stages = model.apply(init(model, 32), jnp.ones((1, 32, 32, 3)), output="stages")
+    assert {value.dtype for value in stages.values()} == {jnp.dtype(jnp.bfloat16)}

@@ -102,7 +102,7 @@ def test_weights_that_do_not_fit(capsys, tmp_path):
     assert_one_line_error(capsys.readouterr(), "params/conv1/kernel", "squeezenet1_1")
     assert main([str(image), "--weights", str(tmp_path / "nothing.pth")]) == 1
     assert_one_line_error(capsys.readouterr(), "nothing.pth")
-    assert main([str(image), "--weights", str(tmp_path / "v1_0"), "--top", "0"]) == 1
+    assert main([str(image), "--weights", str(tmp_path / "v1_0"), "--top", "1001"]) == 1
     assert_one_line_error(capsys.readouterr(), "--top must be between 1 and 1000")
 
 

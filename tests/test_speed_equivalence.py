@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 
 import flax_squeezenet as fsq
-from flax_squeezenet import models
+from flax_squeezenet import ops
 
 DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 
 
 def plain_max_pool(x):
     """3x3/2 ceil-mode max-pooling as reduce_window (nn.max_pool), whose gradient XLA derives."""
-    pads = models._ceil_mode_padding(x)[1:3]
+    pads = ops.ceil_mode_padding(x)[1:3]
     return nn.max_pool(x, (3, 3), strides=(2, 2), padding=pads)
 
 
@@ -28,9 +28,9 @@ def plain_squeezenet(model, params, x):
 
     fire = 2
     for stage in model.stages:
-        if isinstance(stage, fsq.Conv):
+        if isinstance(stage, fsq.ConvStage):
             x = jax.nn.relu(conv(x, params["conv1"], stage.stride))
-        elif isinstance(stage, fsq.MaxPool):
+        elif isinstance(stage, fsq.PoolStage):
             x = plain_max_pool(x)
         else:
             p = params[f"fire{fire}"]
@@ -41,7 +41,7 @@ def plain_squeezenet(model, params, x):
             elif model.bypass == "complex":
                 y = y + conv(x, params[f"fire{fire}_bypass"])
             x, fire = y, fire + 1
-    return jnp.mean(jax.nn.relu(conv(x, params["classifier"])), axis=(1, 2))
+    return jnp.mean(jax.nn.relu(conv(x, params["classifier"], pad=model.classifier_padding)), axis=(1, 2))
 
 
 @pytest.mark.parametrize("shape", [(2, 17, 17, 3), (1, 24, 31, 5), (2, 55, 55, 4)])
@@ -49,25 +49,28 @@ def test_max_pool_matches_reduce_window_with_ties(shape):
     # Values on a coarse grid and ReLU zeros make many windows hold several equal maxima: the
     # gradient must go to the same (first, row-major) one as reduce_window's.
     x = jax.nn.relu(jnp.round(jax.random.normal(jax.random.key(0), shape) * 2) / 2)
-    fast, fast_vjp = jax.vjp(models._max_pool_ceil, x)
+    fast, fast_vjp = jax.vjp(ops.max_pool_3x3_ceil, x)
     plain, plain_vjp = jax.vjp(plain_max_pool, x)
     np.testing.assert_array_equal(fast, plain)
     cotangent = jax.random.normal(jax.random.key(1), fast.shape)
     np.testing.assert_allclose(fast_vjp(cotangent)[0], plain_vjp(cotangent)[0], rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("dtype, tolerance", [(jnp.float32, 1e-5), (jnp.bfloat16, 2e-2)])
-def test_1x1_conv_as_matmul_matches_convolution(dtype, tolerance):
+@pytest.mark.parametrize(
+    "dtype, tolerance, padding",
+    [(jnp.float32, 1e-5, "VALID"), (jnp.bfloat16, 2e-2, "VALID"), (jnp.float32, 1e-5, ((1, 1), (2, 0)))],
+)
+def test_1x1_conv_as_matmul_matches_convolution(dtype, tolerance, padding):
     x = jax.random.normal(jax.random.key(0), (2, 7, 9, 16), dtype)
     kernel = jax.random.normal(jax.random.key(1), (1, 1, 16, 24), dtype)
 
     def plain(x, kernel):
-        return jax.lax.conv_general_dilated(x, kernel, (1, 1), "VALID", dimension_numbers=DIMENSIONS)
+        return jax.lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=DIMENSIONS)
 
     def fast(x, kernel):
-        return models._conv_1x1_as_matmul(x, kernel, (1, 1), "VALID")
+        return ops.conv_1x1_as_matmul(x, kernel, (1, 1), padding)
 
-    cotangent = jax.random.normal(jax.random.key(2), (2, 7, 9, 24), dtype)
+    cotangent = jax.random.normal(jax.random.key(2), plain(x, kernel).shape, dtype)
     (y_fast, vjp_fast), (y_plain, vjp_plain) = jax.vjp(fast, x, kernel), jax.vjp(plain, x, kernel)
     for got, expected in [(y_fast, y_plain), *zip(vjp_fast(cotangent), vjp_plain(cotangent))]:
         assert got.dtype == expected.dtype
@@ -76,7 +79,7 @@ def test_1x1_conv_as_matmul_matches_convolution(dtype, tolerance):
 
 def test_1x1_conv_as_matmul_refuses_other_kernels():
     with pytest.raises(ValueError, match="1x1"):
-        models._conv_1x1_as_matmul(jnp.zeros((1, 4, 4, 2)), jnp.zeros((3, 3, 2, 2)), (1, 1), "VALID")
+        ops.conv_1x1_as_matmul(jnp.zeros((1, 4, 4, 2)), jnp.zeros((3, 3, 2, 2)), (1, 1), "VALID")
 
 
 @pytest.mark.parametrize(
@@ -87,6 +90,7 @@ def test_1x1_conv_as_matmul_refuses_other_kernels():
         ("squeezenet1_0_complex_bypass", {}),
         # Equal widths put an identity bypass on the Fire modules before both pools.
         ("squeezenet_metaparameters", {"incr_e": 0, "bypass": "simple"}),
+        ("squeezenet1_0", {"classifier_padding": 1}),
     ],
 )
 def test_model_and_its_gradients_match_the_plain_formulation(name, options):

@@ -4,14 +4,19 @@ The weights travel through a real `.pth` written by `torch.save` and read by `lo
 (without torch), so the file reader, the name/layout conversion and the model are all checked.
 """
 
+import re
+
 import jax
 import numpy as np
 import pytest
+from conftest import require_shared
+from PIL import Image
 
 torch = pytest.importorskip("torch", reason="torch is the reference implementation for these tests")
 nn = torch.nn
 
-from flax_squeezenet import V1_0, V1_1, load_pretrained  # noqa: E402
+from flax_squeezenet import IMAGENET_MEAN, IMAGENET_STD, V1_0, V1_1, deepcompression  # noqa: E402
+from flax_squeezenet import load_pretrained, save_pretrained  # noqa: E402
 
 
 class TorchFire(nn.Module):
@@ -107,3 +112,84 @@ def test_features_match_torchvision(reference):
         expected = net.features(torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy().transpose(0, 2, 3, 1)
     feature_map = np.asarray(module.apply(variables, images, output="feature_map"))
     np.testing.assert_allclose(feature_map, expected, atol=1e-4, rtol=0)
+
+
+# Where torchvision's `features` is sliced for each "stages" entry (after conv1's ReLU, and after
+# the last Fire module before each pool).
+TORCHVISION_SLICES = {
+    "1_0": {"stride2": 2, "stride4": 6, "stride8": 11, "stride16": 13},
+    "1_1": {"stride2": 2, "stride4": 5, "stride8": 8, "stride16": 13},
+}
+
+
+def test_stage_features_match_slices_of_torchvision(reference):
+    version, net, module, _, variables = reference
+    images = np.random.default_rng(1).normal(size=(1, 99, 99, 3)).astype(np.float32)
+    stages = module.apply(variables, images, output="stages")
+    assert list(stages) == list(TORCHVISION_SLICES[version])
+    with torch.no_grad():
+        for key, end in TORCHVISION_SLICES[version].items():
+            expected = net.features[:end](torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy()
+            assert module.feature_info[key].channels == expected.shape[1]
+            np.testing.assert_allclose(np.asarray(stages[key]), expected.transpose(0, 2, 3, 1), atol=1e-4, rtol=0)
+
+
+# --- the paper's Deep Compression v1.0 against Caffe's own description of the net ----------------
+
+
+def caffe_forward(prototxt: str, convs, data: torch.Tensor) -> torch.Tensor:
+    """Caffe's deploy-mode forward pass of `prototxt` (Convolution, ReLU, MAX pooling in ceil mode,
+    global AVE pooling, Concat, Dropout), with `convs` the (kernel, bias) of its convolutions in
+    prototxt order. Independent of the package's layer plan: read from the prototxt alone."""
+    functional = torch.nn.functional
+    blobs, weights = {"data": data}, iter(convs)
+    for block in re.findall(r"^layer \{\n(.*?)^\}", prototxt, re.S | re.M):
+        field = lambda key, default=None: (re.findall(rf"\b{key}: \"?(\w+)", block) or [default])[0]  # noqa: E731
+        inputs = [blobs[name] for name in re.findall(r'bottom: "([^"]+)"', block)]
+        kind, top = field("type"), re.search(r'top: "([^"]+)"', block)[1]
+        if kind == "Convolution":
+            kernel, bias = next(weights)
+            assert kernel.shape[0] == int(field("num_output")) and kernel.shape[-1] == int(field("kernel_size"))
+            out = functional.conv2d(inputs[0], torch.from_numpy(kernel), torch.from_numpy(bias),
+                                    stride=int(field("stride", 1)), padding=int(field("pad", 0)))  # fmt: skip
+        elif kind == "ReLU":
+            out = functional.relu(inputs[0])
+        elif kind == "Pooling" and field("pool") == "MAX":
+            out = functional.max_pool2d(inputs[0], int(field("kernel_size")), int(field("stride")), ceil_mode=True)
+        elif kind == "Pooling":
+            assert field("pool") == "AVE" and field("global_pooling") == "true"
+            out = inputs[0].mean(dim=(2, 3))
+        elif kind == "Concat":
+            out = torch.cat(inputs, dim=1)
+        else:
+            assert kind == "Dropout", kind
+            out = inputs[0]
+        blobs[top] = out
+    assert next(weights, None) is None, "the prototxt has fewer convolutions than the file"
+    return out
+
+
+def test_deep_compression_logits_match_caffe(tmp_path):
+    net_file = require_shared("pretrained/deepcompression_squeezenet1_0.net")
+    prototxt = require_shared("pretrained/deepcompression_squeezenet1_0.prototxt").read_text()
+    photos = [require_shared(f"images/{name}") for name in ("cat.jpg", "cat2.jpeg")]
+    rgb = np.stack([np.asarray(Image.open(p).convert("RGB").resize((227, 227), Image.BILINEAR)) for p in photos])
+    caffe_input = rgb[..., ::-1].astype(np.float32) - np.float32(deepcompression.CAFFE_BGR_MEAN)
+    with torch.no_grad():
+        expected = caffe_forward(prototxt, deepcompression.read_convolutions(net_file),
+                                 torch.from_numpy(np.ascontiguousarray(caffe_input.transpose(0, 3, 1, 2))))  # fmt: skip
+    expected = expected.numpy()
+
+    module, variables = load_pretrained(net_file)
+    assert module.classifier_padding == 1
+    images = ((rgb / 255.0 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)).astype(np.float32)
+    logits = np.asarray(module.apply(variables, images))
+    tolerance = 1e-4 * np.abs(expected).max()
+    np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=tolerance)
+    unpadded = np.asarray(module.clone(classifier_padding=0).apply(variables, images))
+    assert np.abs(unpadded - expected).max() > 100 * tolerance, "the padding must matter for this test to mean anything"
+
+    saved = save_pretrained(tmp_path / "caffe", variables, model="squeezenet1_0", classifier_padding=1)
+    reloaded, reloaded_variables = load_pretrained(saved)
+    assert reloaded.classifier_padding == 1
+    np.testing.assert_array_equal(reloaded.apply(reloaded_variables, images), logits)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import flax_squeezenet
+from flax_squeezenet.conventions import input_convention
 from train import checkpoints, evaluate, export, input_pipeline, parallel, reporting, trainer
 from train_helpers import tiny_config
 
@@ -53,6 +54,9 @@ def test_export_loads_with_the_same_logits(finished_run):
     expected = state.apply_fn({"params": state.params}, images)
     np.testing.assert_allclose(module.apply(variables, images), expected, rtol=1e-6, atol=1e-6)
     assert module.num_classes == 4 and module.in_channels == 1
+    p = input_pipeline.get_data_config(config).preprocessing
+    convention = input_convention(result["export"])
+    assert (convention.channel_order, convention.crop_size, convention.mean) == ("L", p.image_size, p.mean)
 
 
 def test_evaluate_cli_reports_the_final_eval(finished_run, capsys):

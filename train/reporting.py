@@ -7,13 +7,18 @@ Everything is written by process 0 only, under the workdir: `metrics.jsonl` and 
 from __future__ import annotations
 
 import csv
+import io
 import json
+import logging
 import math
+import os
 import pathlib
-from collections.abc import Mapping
-from typing import Optional
+from collections.abc import Iterable, Mapping
+from typing import Any, Optional
 
 import tqdm
+
+logger = logging.getLogger(__name__)
 
 METRICS_JSONL = "metrics.jsonl"
 METRICS_CSV = "metrics.csv"
@@ -25,11 +30,13 @@ class MetricWriter:
     """Appends scalar metrics to `metrics.jsonl`, `metrics.csv` and TensorBoard events in `workdir`.
 
     Rows are `{"step": int, "split": "train"|"eval"|..., name: value, ...}`. Appending keeps the rows
-    of a resumed run; a step logged again after a resume (replayed past the last checkpoint) has
-    its newer values win in `read_metrics`.
+    of a resumed run. Given `resume_step` (the step the run continues from: its restored checkpoint's,
+    or 0), opening first rewrites both files to hold each (step, split) once and nothing after
+    `resume_step` (rows a stopped run logged past its last checkpoint are logged again), and tells
+    TensorBoard to drop its events after `resume_step`.
     """
 
-    def __init__(self, workdir: str | pathlib.Path, enabled: bool = True):
+    def __init__(self, workdir: str | pathlib.Path, enabled: bool = True, resume_step: Optional[int] = None):
         self.workdir = pathlib.Path(workdir)
         self.enabled = enabled
         self._tensorboard = None
@@ -37,7 +44,10 @@ class MetricWriter:
             from tensorboardX import SummaryWriter
 
             self.workdir.mkdir(parents=True, exist_ok=True)
-            self._tensorboard = SummaryWriter(str(self.workdir / TENSORBOARD_DIR))
+            if resume_step is not None:
+                truncate_metrics(self.workdir, resume_step)
+            purge_step = None if resume_step is None else resume_step + 1
+            self._tensorboard = SummaryWriter(str(self.workdir / TENSORBOARD_DIR), purge_step=purge_step)
 
     def write(self, step: int, split: str, metrics: Mapping[str, float]) -> None:
         if not self.enabled:
@@ -48,10 +58,7 @@ class MetricWriter:
         csv_path = self.workdir / METRICS_CSV
         new_file = not csv_path.exists()
         with open(csv_path, "a", newline="") as f:
-            writer = csv.writer(f)
-            if new_file:
-                writer.writerow(["step", "split", "name", "value"])
-            writer.writerows([step, split, k, v] for k, v in row.items() if k not in ("step", "split"))
+            f.write(csv_text([row], header=new_file))
         for name, value in metrics.items():
             self._tensorboard.add_scalar(f"{split}/{name}", float(value), int(step))
         self._tensorboard.flush()
@@ -61,16 +68,84 @@ class MetricWriter:
             self._tensorboard.close()
 
 
+def csv_text(rows: Iterable[Mapping[str, Any]], header: bool) -> str:
+    """`metrics.csv` lines (step, split, name, value; after a header line if `header`) for `metrics.jsonl` rows."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    if header:
+        writer.writerow(["step", "split", "name", "value"])
+    for row in rows:
+        writer.writerows([row["step"], row["split"], k, v] for k, v in row.items() if k not in ("step", "split"))
+    return buffer.getvalue()
+
+
+def read_rows(path: pathlib.Path) -> list[dict[str, Any]]:
+    """The rows of a `metrics.jsonl` file, in order; a last line cut off by a killed run is left out.
+
+    Raises a ValueError naming the file and line when a line before the last is not a metrics row.
+    """
+    lines = path.read_text().splitlines() if path.exists() else []
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or not isinstance(row.get("step"), int) or "split" not in row:
+                raise ValueError("expected an object with an integer step and a split")
+        except ValueError as error:
+            if number == len(lines):
+                logger.warning("%s: leaving out its last line, cut off by a stopped run: %r", path, line)
+                break
+            raise ValueError(f"{path} line {number} is not a metrics row ({error}): {line[:200]!r}") from error
+        rows.append(row)
+    return rows
+
+
+def truncate_metrics(workdir: str | pathlib.Path, resume_step: int) -> None:
+    """Make `metrics.jsonl` and `metrics.csv` hold each (step, split) once and no step after `resume_step`.
+
+    Of a (step, split) logged twice the last row is kept. The CSV is rebuilt from the JSONL rows; each
+    file is replaced atomically, and only when its content changes.
+    """
+    workdir = pathlib.Path(workdir)
+    rows = read_rows(workdir / METRICS_JSONL)
+    kept: dict[tuple[int, str], dict[str, Any]] = {}
+    for row in rows:
+        if row["step"] <= resume_step:
+            kept.pop((row["step"], row["split"]), None)
+            kept[(row["step"], row["split"])] = row
+    if len(kept) < len(rows):
+        dropped = len(rows) - len(kept)
+        logger.info("metrics: dropping %d rows logged after step %d or logged twice", dropped, resume_step)
+    for name, text in (
+        (METRICS_JSONL, "".join(json.dumps(row) + "\n" for row in kept.values())),
+        (METRICS_CSV, csv_text(kept.values(), header=True)),
+    ):
+        path = workdir / name
+        if (kept or path.exists()) and (not path.exists() or path.read_bytes() != text.encode()):
+            write_atomically(path, text)
+
+
+def write_atomically(path: pathlib.Path, text: str) -> None:
+    """Replace `path` by a file holding `text` (the old file stays whole if this fails; the user's umask applies)."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "w", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
 def read_metrics(workdir: str | pathlib.Path) -> dict[str, dict[int, dict[str, float]]]:
     """The rows of `metrics.jsonl` as {split: {step: metrics}} (later rows of a step win)."""
-    path = pathlib.Path(workdir) / METRICS_JSONL
     result: dict[str, dict[int, dict[str, float]]] = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            if line.strip():
-                row = json.loads(line)
-                step, split = row.pop("step"), row.pop("split")
-                result.setdefault(split, {})[step] = row
+    for row in read_rows(pathlib.Path(workdir) / METRICS_JSONL):
+        step, split = row.pop("step"), row.pop("split")
+        result.setdefault(split, {})[step] = row
     return result
 
 

@@ -24,6 +24,7 @@ import ml_collections
 import numpy as np
 
 import flax_squeezenet
+from flax_squeezenet.conventions import InputConvention
 from train import checkpoints, input_pipeline, optim, parallel, reporting, steps
 from train.state import TrainState, create_train_state, model_kwargs
 
@@ -210,9 +211,14 @@ def _mean_metrics(pending: list[dict[str, jax.Array]]) -> tuple[dict[str, float]
 def export(state: TrainState, config, info: input_pipeline.DatasetInfo, directory: str | os.PathLike) -> pathlib.Path:
     """Write the trained parameters where `flax_squeezenet.load_pretrained(directory)` reads them."""
     params = jax.tree.map(np.asarray, state.params)
+    p = input_pipeline.get_data_config(config).preprocessing
+    # The evaluation transform travels with the weights (tests/test_conventions.py).
+    convention = InputConvention(p.mean, p.std, round(p.image_size / p.eval_crop_fraction), p.image_size,
+                                 "L" if p.channels == 1 else "RGB")  # fmt: skip
     return flax_squeezenet.save_pretrained(
-        directory, {"params": params}, model=config.model, **model_kwargs(config, info.num_classes, info.image_shape[-1])
-    )
+        directory, {"params": params}, model=config.model, preprocessing=convention,
+        class_names=list(info.class_names), **model_kwargs(config, info.num_classes, info.image_shape[-1]),
+    )  # fmt: skip
 
 
 def train_and_evaluate(config, workdir: str | os.PathLike) -> dict[str, Any]:
@@ -277,7 +283,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict[str, Any]:
             return run_state
     del state
 
-    writer = reporting.MetricWriter(workdir, enabled=is_main)
+    writer = reporting.MetricWriter(workdir, enabled=is_main, resume_step=initial_step)
     if config.measure_pipeline_throughput and initial_step < schedule.num_train_steps:
         pipeline_rate = input_pipeline.measure_throughput(config)
         logger.info("input pipeline alone: %.0f images/s (this process)", pipeline_rate)

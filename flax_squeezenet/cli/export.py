@@ -1,7 +1,9 @@
 """`squeezenet-export --format onnx --output FILE.onnx`: write a SqueezeNet for deployment.
 
-Errors the user can fix (missing weights, weights that don't fit the model, no network for a
-download) print one line on stderr and exit with status 1.
+The file appears only once the export is complete and onnxruntime agrees with Flax on it; an
+existing file at `--output` is kept if anything fails. Errors the user can fix (missing weights,
+weights that don't fit the model or are unsafe to read, no network for a download) print one line
+on stderr and exit with status 1; a bad command line exits with status 2.
 """
 
 from __future__ import annotations
@@ -14,7 +16,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flax_squeezenet import files
 from flax_squeezenet.cli import device_export
+from flax_squeezenet.cli.common import OneLineErrorParser, positive_int, quiet_library_logs
+from flax_squeezenet.conventions import input_convention
 from flax_squeezenet.download import DownloadError
 from flax_squeezenet.export import save_onnx
 from flax_squeezenet.models import MODELS, create_model
@@ -25,7 +30,7 @@ DEFAULT_MODEL = "squeezenet1_1"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog=PROG,
         description="Export a SqueezeNet to ONNX (NCHW float32 input 'images', output 'logits', "
         "dynamic batch) for onnxruntime, onnxruntime-mobile, ncnn (via pnnx) or TensorRT.",
@@ -47,11 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="export freshly initialised weights (seed 0) of --model, e.g. to test a deployment",
     )  # fmt: skip
     parser.add_argument(
-        "--num-classes", type=int, metavar="N",
+        "--num-classes", type=positive_int, metavar="N",
         help="classifier outputs; with weights of another count, a fresh classifier replaces theirs",
     )  # fmt: skip
     parser.add_argument(
-        "--image-size", type=int, default=224, metavar="PIXELS",
+        "--image-size", type=positive_int, default=224, metavar="PIXELS",
         help="input size to check the export at (the exported model accepts any size; default 224)",
     )  # fmt: skip
     device_export.add_options(parser)
@@ -92,20 +97,36 @@ def check_export(path: str, module, variables, image_size: int) -> float:
     return float(np.max(np.abs(got - expected)))
 
 
+def check_output(output: str) -> None:
+    """Raise ValueError if `output` cannot be a file to write (checked before any work is done)."""
+    path = files.user_path(output)
+    if path.is_dir():
+        raise ValueError(f"--output {output} is a directory: expected a file path such as model.onnx")
+    blocking = next((parent for parent in path.parents if parent.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise ValueError(f"--output {output}: {blocking} is a file, not a directory")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet_library_logs()
     try:
+        check_output(args.output)
         module, variables = load_module(args)
         if args.image_size < module.min_input_size:
             raise ValueError(f"--image-size must be at least {module.min_input_size}, got {args.image_size}")
         if args.int8 or args.calibration or args.input_shape:
             print(device_export.export(args, module, variables))
             return 0
-        path = save_onnx(module, variables, args.output)
-        difference = check_export(str(path), module, variables, args.image_size)
+        source = None if args.random_init else args.weights or args.model or DEFAULT_MODEL
+        convention = None if source is None else input_convention(source)
+        with files.atomic_file(args.output) as staging:
+            save_onnx(module, variables, staging, preprocessing=convention)
+            difference = check_export(str(staging), module, variables, args.image_size)
     except (OSError, ValueError, ImportError, DownloadError) as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 1
+    path = files.user_path(args.output)
     print(f"wrote {path} ({module.num_classes} classes); onnxruntime vs Flax at "
           f"{args.image_size}x{args.image_size}: max |difference| {difference:.2e}")  # fmt: skip
     return 0

@@ -1,7 +1,9 @@
 """`squeezenet-predict IMAGE...`: the top-k ImageNet classes of each image.
 
-Errors the user can fix (a missing file, something that is not an image, weights that don't fit
-the model, no network for a download) print one line on stderr and exit with status 1.
+Images are read and classified in batches of `--batch-size`, so memory stays bounded however many
+are given; a progress bar shows on a terminal. Errors the user can fix (a missing file, something
+that is not an image, weights that don't fit the model or are unsafe to read, no network for a
+download) print one line on stderr and exit with status 1; a bad command line exits with status 2.
 """
 
 from __future__ import annotations
@@ -9,23 +11,27 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import jax
 import numpy as np
+import tqdm
 
+from flax_squeezenet.cli.common import OneLineErrorParser, positive_int, quiet_library_logs
+from flax_squeezenet.conventions import InputConvention, input_convention
 from flax_squeezenet.download import DownloadError
 from flax_squeezenet.imagenet import NUM_CLASSES, imagenet_class_names
-from flax_squeezenet.preprocess import preprocess
+from flax_squeezenet.preprocess import check_image
 from flax_squeezenet.pretrained import PRETRAINED, load_pretrained
 from flax_squeezenet.xla_options import compiler_options
 
 PROG = "squeezenet-predict"
 DEFAULT_MODEL = "squeezenet1_1"
+DEFAULT_BATCH_SIZE = 32
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog=PROG, description="Classify images with a SqueezeNet trained on ImageNet (top-k classes)."
     )
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...)")
@@ -39,7 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="local weights: a torchvision .pth, a save_pretrained directory or an ncnn .param/.bin file",
     )
-    parser.add_argument("--top", type=int, default=5, metavar="K", help="classes to show per image (default 5)")
+    parser.add_argument("--top", type=positive_int, default=5, metavar="K", help="classes to show per image (default 5)")
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE, metavar="N",
+        help=f"images read and classified at a time; bounds memory (default {DEFAULT_BATCH_SIZE})",
+    )  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of text")
     return parser
 
@@ -54,23 +64,41 @@ def class_labels(num_classes: int) -> list[str]:
     return [f"class {index}" for index in range(num_classes)]
 
 
+def batch_probabilities(
+    apply, variables, convention: InputConvention, paths: Sequence[str], batch_size: int
+) -> Iterator[np.ndarray]:
+    """The class probabilities of `paths` preprocessed by `convention`, one (n, classes) array per
+    batch of at most `batch_size`.
+
+    Every batch is padded to `batch_size` so the model compiles once.
+    """
+    for start in range(0, len(paths), batch_size):
+        images = convention.preprocess(list(paths[start : start + batch_size]))
+        padded = np.zeros((batch_size, *images.shape[1:]), images.dtype)
+        padded[: len(images)] = images
+        yield np.asarray(jax.nn.softmax(apply(variables, padded)))[: len(images)]
+
+
 def predict(args: argparse.Namespace) -> list[dict]:
     """For each image, its top-k classes as {"class", "name", "probability"} dicts."""
-    images = preprocess(list(args.images))
-    if args.weights is None:
-        module, variables = load_pretrained(args.model or DEFAULT_MODEL)
-    else:
-        module, variables = load_pretrained(args.weights, model=args.model)
-    if not 1 <= args.top <= module.num_classes:
+    for path in args.images:  # Fail on a typo or a non-image before loading weights and decoding images.
+        check_image(path)
+    source = (args.model or DEFAULT_MODEL) if args.weights is None else args.weights
+    convention = input_convention(source)  # the weights' own resize, crop, mean, std and channels
+    module, variables = load_pretrained(source, model=args.model)
+    if args.top > module.num_classes:
         raise ValueError(f"--top must be between 1 and {module.num_classes}, got {args.top}")
     apply = jax.jit(module.apply, compiler_options=compiler_options(module.dtype))
-    probabilities = np.asarray(jax.nn.softmax(apply(variables, images)))
     labels = class_labels(module.num_classes)
+    batch_size = min(args.batch_size, len(args.images))
     results = []
-    for path, row in zip(args.images, probabilities):
-        top = np.argsort(-row, kind="stable")[: args.top]
-        predictions = [{"class": int(i), "name": labels[i], "probability": float(row[i])} for i in top]
-        results.append({"image": path, "predictions": predictions})
+    with tqdm.tqdm(total=len(args.images), unit="image", file=sys.stderr, disable=None, leave=False) as progress:
+        for probabilities in batch_probabilities(apply, variables, convention, args.images, batch_size):
+            for row in probabilities:
+                top = np.argsort(-row, kind="stable")[: args.top]
+                predictions = [{"class": int(i), "name": labels[i], "probability": float(row[i])} for i in top]
+                results.append({"image": args.images[len(results)], "predictions": predictions})
+            progress.update(len(probabilities))
     return results
 
 
@@ -84,6 +112,7 @@ def format_text(results: list[dict]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet_library_logs()
     if args.model is None and args.weights is None:
         args.model = DEFAULT_MODEL
     if args.weights is None and args.model not in PRETRAINED:

@@ -2,6 +2,12 @@
 
 Every source has ``__len__`` and ``__getitem__`` (grain's ``RandomAccessDataSource`` protocol), is
 picklable (grain worker processes receive a copy), and reads nothing it does not need.
+
+Data problems that would change what is trained or measured stop a run when its dataset is opened,
+with a ``ValueError`` of one line naming the file, folder or config key: an unknown split (the idx
+files, image folders and synthetic data have "train" and "test"; TFDS names its own), a cut-off or
+corrupt idx file, a train class folder without images. An image that cannot be decoded raises
+``UnreadableImageError`` (a ``ValueError``) naming it when it is read.
 """
 
 from __future__ import annotations
@@ -12,8 +18,10 @@ import functools
 import gzip
 import importlib.util
 import logging
+import math
 import os
 import pathlib
+import zlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -29,6 +37,7 @@ FASHION_MNIST_FILES = {
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
 DEBIAN_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+IDX_SPLIT_NOTE = " (the idx files have no sliced splits such as 'train[:90%]': those need the TFDS copy)"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
 
@@ -61,17 +70,30 @@ class Dataset:
     origin: str
 
 
+def check_split(dataset: str, key: str, split: str, valid: Sequence[str], note: str = "") -> None:
+    """Raise a ``ValueError`` naming the valid splits unless ``split`` (the value of config ``key``) is one."""
+    if split not in valid:
+        raise ValueError(
+            f"{key} {split!r} is not a split of dataset {dataset!r}: expected one of "
+            f"{', '.join(map(repr, valid))}{note}"
+        )
+
+
+SYNTHETIC_SPLITS = ("train", "test")
+
+
 class SyntheticSource:
     """``num_examples`` reproducible random images whose label is visible in them (so a model can learn).
 
-    Example ``i`` of split ``split`` depends only on (split, i): a per-class template plus noise.
+    Example ``i`` of split ``split`` ("train" or "test") depends only on (split, i): a per-class
+    template plus noise.
     """
 
     def __init__(self, num_examples: int, image_shape: tuple[int, int, int], num_classes: int, split: str):
         self.num_examples = num_examples
         self.image_shape = image_shape
         self.num_classes = num_classes
-        self.split_id = {"train": 0, "eval": 1}[split]
+        self.split_id = SYNTHETIC_SPLITS.index(split)
         self.templates = np.random.default_rng(2024).integers(0, 256, size=(num_classes, *image_shape), dtype=np.uint8)
 
     def __len__(self) -> int:
@@ -87,14 +109,24 @@ class SyntheticSource:
         return {"image": image, "label": label}
 
 
-def synthetic_dataset(num_train: int, num_eval: int, image_shape: tuple[int, int, int], num_classes: int) -> Dataset:
-    """A synthetic dataset: the same for every seed (the seed drives shuffling and augmentation only)."""
+def synthetic_dataset(config: SourceConfig) -> Dataset:
+    """The synthetic splits ("train" or "test") that ``config`` names, the same for every seed.
+
+    The seed drives shuffling and augmentation only.
+    """
+    sizes = {"train": config.synthetic_train_examples, "test": config.synthetic_eval_examples}
+    splits = {}
+    for key in ("train_split", "eval_split"):
+        split = getattr(config, key)
+        check_split(config.dataset, key, split, SYNTHETIC_SPLITS)
+        splits[key] = SyntheticSource(sizes[split], config.synthetic_image_shape, config.synthetic_num_classes, split)
     return Dataset(
-        train=SyntheticSource(num_train, image_shape, num_classes, "train"),
-        eval=SyntheticSource(num_eval, image_shape, num_classes, "eval"),
-        class_names=tuple(f"class_{i}" for i in range(num_classes)),
-        channels=image_shape[-1],
-        origin=f"synthetic ({num_train} train / {num_eval} eval examples)",
+        train=splits["train_split"],
+        eval=splits["eval_split"],
+        class_names=tuple(f"class_{i}" for i in range(config.synthetic_num_classes)),
+        channels=config.synthetic_image_shape[-1],
+        origin=f"synthetic (splits {config.train_split!r}: {len(splits['train_split'])} examples, "
+        f"{config.eval_split!r}: {len(splits['eval_split'])} examples)",
     )
 
 
@@ -115,19 +147,27 @@ class ArraySource:
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """The uint8 array in a gzipped IDX file (the MNIST format: magic 0x0000080N, N big-endian dims, data)."""
+    """The uint8 array in a gzipped IDX file (the MNIST format: magic 0x0000080N, N big-endian dims, data).
+
+    The whole file is read and checked at once: a cut-off or corrupt file is a ``ValueError`` naming it.
+    """
     try:
         with gzip.open(path, "rb") as file:
             data = file.read()
-    except (gzip.BadGzipFile, EOFError) as error:
-        raise ValueError(f"{path} is not a complete gzip file ({error}): expected an official .gz idx file") from error
+    except (gzip.BadGzipFile, EOFError, zlib.error) as error:
+        raise ValueError(
+            f"{path} is not a complete gzip file ({error}): expected an official .gz idx file; download it again"
+        ) from error
     ndim = data[3] if len(data) >= 4 else 0
     if data[:3] != b"\0\0\x08" or not 1 <= ndim <= 4 or len(data) < 4 + 4 * ndim:
         raise ValueError(f"{path} is not a uint8 IDX file (expected magic 0x00000801-0x00000804)")
     shape = tuple(int(d) for d in np.frombuffer(data, ">u4", count=ndim, offset=4))
     payload = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim)
-    if payload.size != int(np.prod(shape)):
-        raise ValueError(f"{path} holds {payload.size} bytes of data, its header promises shape {shape}")
+    if payload.size != math.prod(shape):
+        raise ValueError(
+            f"{path} holds {payload.size} bytes of data, its header promises shape {shape} "
+            f"({math.prod(shape)} bytes): the file is cut off or corrupt; download it again"
+        )
     return payload.reshape(shape)
 
 
@@ -138,18 +178,24 @@ def missing_fashion_mnist_files(folder: str | os.PathLike) -> list[str]:
 
 
 def read_fashion_mnist_split(folder: str | os.PathLike, split: str) -> ArraySource:
-    """The "train" (60,000) or "test" (10,000) split from the official idx files in ``folder``."""
-    if split not in FASHION_MNIST_FILES:
+    """The "train" (60,000) or "test" (10,000) split from the official idx files in ``folder``.
+
+    Raises a ``ValueError`` naming the file when the files do not hold matching images [N, H, W] and
+    labels [N] in [0, 10).
+    """
+    check_split("fashion_mnist", "split", split, tuple(FASHION_MNIST_FILES), IDX_SPLIT_NOTE)
+    images_path, labels_path = (pathlib.Path(folder) / name for name in FASHION_MNIST_FILES[split])
+    images, labels = read_idx(images_path), read_idx(labels_path)
+    if images.ndim != 3:
+        raise ValueError(f"{images_path} holds an array of shape {images.shape}, expected images [N, 28, 28]")
+    if labels.ndim != 1 or len(labels) != len(images):
         raise ValueError(
-            f"the Fashion-MNIST idx files hold the splits 'train' and 'test', got {split!r} "
-            "(sliced splits such as 'train[:90%]' need the TFDS copy)"
+            f"{labels_path} holds an array of shape {labels.shape}, expected {len(images)} labels (one per image "
+            f"of {images_path.name})"
         )
-    images_name, labels_name = FASHION_MNIST_FILES[split]
-    images = read_idx(pathlib.Path(folder) / images_name)
-    labels = read_idx(pathlib.Path(folder) / labels_name)
-    if images.ndim != 3 or labels.ndim != 1:
+    if labels.max(initial=0) >= len(FASHION_MNIST_CLASSES):
         raise ValueError(
-            f"expected images [N, 28, 28] and labels [N] in {folder}, got {images.shape} and {labels.shape}"
+            f"{labels_path} holds label {labels.max()}, expected labels 0-{len(FASHION_MNIST_CLASSES) - 1}"
         )
     return ArraySource(images[:, :, :, None], labels)
 
@@ -168,6 +214,8 @@ def fashion_mnist_dataset(config: SourceConfig) -> Dataset:
         folder, origin = DEBIAN_FASHION_MNIST_DIR, f"Debian's dataset-fashion-mnist ({DEBIAN_FASHION_MNIST_DIR})"
     else:
         return tfds_dataset(config)
+    for key in ("train_split", "eval_split"):
+        check_split(config.dataset, key, getattr(config, key), tuple(FASHION_MNIST_FILES), IDX_SPLIT_NOTE)
     return Dataset(
         train=read_fashion_mnist_split(folder, config.train_split),
         eval=read_fashion_mnist_split(folder, config.eval_split),
@@ -177,8 +225,34 @@ def fashion_mnist_dataset(config: SourceConfig) -> Dataset:
     )
 
 
-class UnreadableImageError(RuntimeError):
+class UnreadableImageError(ValueError):
     """An image file in an image folder could not be decoded."""
+
+
+FOLDER_SPLITS = {"train": "train_folder", "test": "eval_folder"}
+
+
+@dataclasses.dataclass(frozen=True)
+class FolderListing:
+    """The files found under a class-per-folder directory, per class, and those that are not read."""
+
+    images: dict[str, list[str]]  # class name -> sorted image paths
+    ignored: list[str]  # non-hidden files that are not images by their extension, or lie outside any class folder
+
+
+def list_class_folders(root: str | os.PathLike, class_names: Sequence[str]) -> FolderListing:
+    """The image files under ``root/<class name>`` (searched recursively, sorted) and the files left out."""
+    root = pathlib.Path(root)
+    images: dict[str, list[str]] = {}
+    ignored = [str(e.path) for e in os.scandir(root) if e.is_file() and not e.name.startswith(".")]
+    for name in class_names:
+        images[name] = []
+        for directory, subdirs, files in os.walk(root / name):
+            subdirs.sort()
+            for file in sorted(f for f in files if not f.startswith(".")):
+                is_image = file.lower().endswith(IMAGE_EXTENSIONS)
+                (images[name] if is_image else ignored).append(os.path.join(directory, file))
+    return FolderListing(images, sorted(ignored))
 
 
 class ImageFolderSource:
@@ -189,17 +263,13 @@ class ImageFolderSource:
     order of every later batch, and so break exact resumption.
     """
 
-    def __init__(self, root: str | os.PathLike, class_names: Sequence[str]):
+    def __init__(self, root: str | os.PathLike, class_names: Sequence[str], listing: FolderListing | None = None):
+        listing = listing or list_class_folders(root, class_names)
         self.root = pathlib.Path(root)
-        self.paths: list[str] = []
-        labels = []
-        for label, name in enumerate(class_names):
-            for directory, subdirs, files in os.walk(self.root / name):
-                subdirs.sort()
-                found = sorted(f for f in files if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."))
-                self.paths.extend(os.path.join(directory, f) for f in found)
-                labels.extend([label] * len(found))
-        self.labels = np.asarray(labels, np.int64)
+        self.paths = [path for name in class_names for path in listing.images[name]]
+        self.labels = np.asarray(
+            [label for label, name in enumerate(class_names) for _ in listing.images[name]], np.int64
+        )
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -209,7 +279,7 @@ class ImageFolderSource:
         try:
             with Image.open(path) as image:
                 pixels = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
-        except (OSError, ValueError, SyntaxError) as error:
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
             raise UnreadableImageError(f"cannot decode image {path}: {error}; remove or replace the file") from error
         return {"image": pixels, "label": int(self.labels[index])}
 
@@ -219,9 +289,11 @@ def class_folders(root: str | os.PathLike) -> tuple[str, ...]:
     return tuple(sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith(".")))
 
 
-def image_folder_dataset(config: SourceConfig) -> Dataset:
-    """Train and eval class-per-folder directories; the classes are the train folder's subfolders."""
-    for key in ("train_folder", "eval_folder"):
+def check_image_folders(config: SourceConfig) -> tuple[str, ...]:
+    """The class names (the train folder's subfolders) after checking both folders exist and the splits are known."""
+    for key in ("train_split", "eval_split"):
+        check_split(config.dataset, key, getattr(config, key), tuple(FOLDER_SPLITS))
+    for key in FOLDER_SPLITS.values():
         folder = getattr(config, key)
         if folder is None:
             raise ValueError(f"dataset 'image_folder' needs {key}: a folder with one subfolder of images per class")
@@ -235,19 +307,60 @@ def image_folder_dataset(config: SourceConfig) -> Dataset:
     unknown = sorted(set(class_folders(config.eval_folder)) - set(class_names))
     if unknown:
         raise ValueError(f"eval_folder {config.eval_folder} has classes absent from train_folder: {unknown}")
-    splits = {key: ImageFolderSource(getattr(config, key), class_names) for key in ("train_folder", "eval_folder")}
-    for key, source in splits.items():
-        if not len(source):
-            raise ValueError(f"{key} {getattr(config, key)} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+    return class_names
+
+
+def report_listing(key: str, folder: str, listing: FolderListing, class_names: tuple[str, ...]) -> None:
+    """Refuse a folder without images, and a train folder with an empty class; warn of what is left out.
+
+    An eval folder may lack classes (a warning says which: its accuracy does not cover them); files
+    that are not images by their extension, or lie outside the class folders, are named in a warning.
+    """
+    empty = [name for name in class_names if not listing.images[name]]
+    if len(empty) == len(class_names):
+        raise ValueError(f"{key} {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+    if empty and key == "train_folder":
+        raise ValueError(
+            f"train_folder {folder}: the class folders {empty} hold no images ({', '.join(IMAGE_EXTENSIONS)}) "
+            f"among the classes {list(class_names)}; a class without images cannot be learned: add images or "
+            "remove the folder (the model's classes are train_folder's subfolders)"
+        )
+    if empty:
+        logger.warning("%s %s has no images of the classes %s: its accuracy does not cover them", key, folder, empty)
+    if listing.ignored:
+        extensions = sorted({pathlib.Path(path).suffix.lower() or "(no extension)" for path in listing.ignored})
+        logger.warning(
+            "%s %s: ignoring %d files outside the class folders or without an image extension (%s), e.g. %s",
+            key, folder, len(listing.ignored), ", ".join(extensions), listing.ignored[0],
+        )  # fmt: skip
+
+
+def image_folder_dataset(config: SourceConfig) -> Dataset:
+    """Train and eval class-per-folder directories; the classes are the train folder's subfolders.
+
+    The splits are "train" (``train_folder``) and "test" (``eval_folder``).
+    """
+    class_names = check_image_folders(config)
+    folder_sources = {}
+    for key in FOLDER_SPLITS.values():
+        folder = getattr(config, key)
+        listing = list_class_folders(folder, class_names)
+        report_listing(key, folder, listing, class_names)
+        folder_sources[key] = ImageFolderSource(folder, class_names, listing)
     origin = (
-        f"image folders {config.train_folder} ({len(splits['train_folder'])} images) and "
-        f"{config.eval_folder} ({len(splits['eval_folder'])} images)"
+        f"image folders {config.train_folder} ({len(folder_sources['train_folder'])} images) and "
+        f"{config.eval_folder} ({len(folder_sources['eval_folder'])} images)"
     )
+    used = {FOLDER_SPLITS[config.train_split], FOLDER_SPLITS[config.eval_split]}
     if config.cache_images:
-        splits = {key: decode_all(source) for key, source in splits.items()}
+        folder_sources = {key: decode_all(folder_sources[key]) for key in used}
         origin += ", decoded once into memory"
     return Dataset(
-        train=splits["train_folder"], eval=splits["eval_folder"], class_names=class_names, channels=3, origin=origin
+        train=folder_sources[FOLDER_SPLITS[config.train_split]],
+        eval=folder_sources[FOLDER_SPLITS[config.eval_split]],
+        class_names=class_names,
+        channels=3,
+        origin=origin,
     )
 
 
@@ -329,12 +442,7 @@ def tfds_dataset(config: SourceConfig) -> Dataset:
 def open_dataset(config: SourceConfig) -> Dataset:
     """The dataset ``config`` names (opened once per process and configuration, then cached); logs its origin."""
     if config.dataset == "synthetic":
-        dataset = synthetic_dataset(
-            config.synthetic_train_examples,
-            config.synthetic_eval_examples,
-            config.synthetic_image_shape,
-            config.synthetic_num_classes,
-        )
+        dataset = synthetic_dataset(config)
     elif config.dataset == "image_folder":
         dataset = image_folder_dataset(config)
     elif config.dataset == "fashion_mnist":

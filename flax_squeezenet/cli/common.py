@@ -1,0 +1,38 @@
+"""What the `squeezenet-*` commands share: one-line usage errors, argument types, quiet libraries."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import NoReturn
+
+USAGE_ERROR = 2  # argparse's status for a bad command line
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line on stderr ("PROG: error: ...") and status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(USAGE_ERROR)
+
+
+def positive_int(text: str) -> int:
+    """`text` as an integer >= 1, else an argparse error saying so."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def quiet_library_logs() -> None:
+    """Keep Orbax's (absl's) warnings off stderr, where a command prints only its own line.
+
+    Orbax warns before it fails on a damaged checkpoint, which the command then reports itself
+    (tests/test_cli_errors.py::test_damaged_checkpoint_is_one_line).
+    """
+    logging.getLogger("absl").setLevel(logging.ERROR)
