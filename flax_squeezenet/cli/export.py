@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flax_squeezenet import files
+from flax_squeezenet.cli import device_export
 from flax_squeezenet.cli.common import OneLineErrorParser, positive_int, quiet_library_logs
 from flax_squeezenet.conventions import input_convention
 from flax_squeezenet.download import DownloadError
@@ -58,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--image-size", type=positive_int, default=224, metavar="PIXELS",
         help="input size to check the export at (the exported model accepts any size; default 224)",
     )  # fmt: skip
+    device_export.add_options(parser)
     return parser
 
 
@@ -113,12 +115,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         module, variables = load_module(args)
         if args.image_size < module.min_input_size:
             raise ValueError(f"--image-size must be at least {module.min_input_size}, got {args.image_size}")
+        if args.int8 or args.calibration or args.input_shape:
+            print(device_export.export(args, module, variables))
+            return 0
         source = None if args.random_init else args.weights or args.model or DEFAULT_MODEL
         convention = None if source is None else input_convention(source)
         with files.atomic_file(args.output) as staging:
             save_onnx(module, variables, staging, preprocessing=convention)
             difference = check_export(str(staging), module, variables, args.image_size)
-    except (OSError, ValueError, DownloadError) as error:
+    except (OSError, ValueError, ImportError, DownloadError) as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 1
     path = files.user_path(args.output)

@@ -1,0 +1,173 @@
+"""int8 ONNX against float32 ONNX for squeezenet1_1 (torchvision weights), side by side in one run.
+
+Real photos (`../shared/data/imagenet-photos`): a fixed shuffle, the first --calibration photos
+calibrate, the others are held back. For each choice of nodes kept in float it reports the top-1
+agreement with the float32 ONNX model and the largest logit difference on the held-back photos,
+the top-1 accuracy on those of them with an ImageNet-1k label, and the file size. Then the
+images/s of float32 and the chosen int8 file (`flax_squeezenet.quantize.FLOAT_NODES`) in
+onnxruntime (CPU provider, default options) at batch 32 and batch 1, alternating the two models
+each repeat, as medians.
+
+    python bench/int8.py --out bench_results/int8.json
+    python bench/int8.py --workdir runs/fashion_mnist   # a training run's test top-1, float32 vs int8 ONNX
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import flax_squeezenet as fsq  # noqa: E402
+from flax_squeezenet import quantize  # noqa: E402
+
+FLOAT_NODE_CHOICES = {
+    "none (quantize_static's default)": (),
+    "average pool (kept)": quantize.FLOAT_NODES,
+    "stem conv + average pool": ("conv1/conv", "pooled"),
+}
+
+
+def labels_of(files: list[pathlib.Path], wnids_file: pathlib.Path) -> np.ndarray:
+    """ImageNet-1k class index of each photo by the WordNet ID its name starts with; -1 for none."""
+    index = {wnid: i for i, wnid in enumerate(wnids_file.read_text().split())}
+    return np.array([index.get(path.name.split("_")[0], -1) for path in files])
+
+
+def images_per_second(session, images: np.ndarray, repeats: int) -> float:
+    feed = {"images": np.ascontiguousarray(images)}
+    session.run(None, feed)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        session.run(None, feed)
+        times.append(time.perf_counter() - start)
+    return len(images) / statistics.median(times)
+
+
+def accuracy_rows(model, variables, calibration, held_back, labels) -> list[dict]:
+    proto = fsq.to_onnx(model, variables)
+    reference = quantize.run_onnx(proto, held_back)
+    labeled = labels >= 0
+    rows = [{"model": "float32", "bytes": proto.ByteSize(),
+             "top1": float(np.mean(reference.argmax(1)[labeled] == labels[labeled]))}]  # fmt: skip
+    for name, float_nodes in FLOAT_NODE_CHOICES.items():
+        int8 = quantize.quantize_int8(proto, calibration, float_nodes)
+        logits = quantize.run_onnx(int8, held_back)
+        result = quantize.agreement(reference, logits)
+        rows.append({
+            "model": f"int8, float nodes: {name}", "bytes": int8.ByteSize(),
+            "top1": float(np.mean(logits.argmax(1)[labeled] == labels[labeled])),
+            "agreement": result.top1_agreement, "max_logit_difference": result.max_logit_difference,
+        })  # fmt: skip
+    return rows
+
+
+def speed_rows(model, variables, calibration, repeats: int) -> list[dict]:
+    import onnxruntime
+
+    with tempfile.TemporaryDirectory() as scratch:
+        float_path = quantize.write_onnx(fsq.to_onnx(model, variables), pathlib.Path(scratch) / "f32.onnx")
+        int8_path = quantize.save_int8_onnx(model, variables, pathlib.Path(scratch) / "int8.onnx", calibration)
+        sessions = {
+            name: onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            for name, path in (("float32", float_path), ("int8", int8_path))
+        }
+        rows = []
+        for batch in (32, 1):
+            images = np.resize(calibration.transpose(0, 3, 1, 2), (batch, 3, 224, 224))
+            rates = {name: [] for name in sessions}
+            for _ in range(repeats):
+                for name, session in sessions.items():
+                    rates[name].append(images_per_second(session, images, 3 if batch > 1 else 15))
+            medians = {name: statistics.median(values) for name, values in rates.items()}
+            rows.append({"batch": batch, **{f"{k} img/s": v for k, v in medians.items()},
+                         "ratio": medians["int8"] / medians["float32"]})  # fmt: skip
+    return rows
+
+
+def split_arrays(config, split: str, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(images NHWC, labels) of `split` as the training program's evaluation prepares them."""
+    from train import input_pipeline
+
+    config = config.copy_and_resolve_references()
+    config.eval_split = split
+    images, labels = [], []
+    for batch in input_pipeline.create_eval_batches(config):
+        mask = np.asarray(batch["mask"])
+        images.append(np.asarray(batch["image"])[mask])
+        labels.append(np.asarray(batch["label"])[mask])
+        if limit is not None and sum(map(len, images)) >= limit:
+            break
+    return np.concatenate(images)[:limit], np.concatenate(labels)[:limit]
+
+
+def trained_model_rows(workdir: pathlib.Path, calibration_count: int) -> list[dict]:
+    """Test top-1 of a training run's exported model as float32 and int8 ONNX (int8 calibrated on train images)."""
+    from train import trainer
+
+    config = trainer.read_config(workdir)
+    model, variables = fsq.load_pretrained(workdir / "export")
+    calibration, _ = split_arrays(config, "train", calibration_count)
+    test_images, test_labels = split_arrays(config, "test")
+    proto = fsq.to_onnx(model, variables)
+    reference = quantize.run_onnx(proto, test_images)
+    int8 = quantize.run_onnx(quantize.quantize_int8(proto, calibration), test_images)
+    agreement = quantize.agreement(reference, int8)
+    return [{
+        "workdir": str(workdir), "test images": len(test_labels), "calibration train images": len(calibration),
+        "float32 top1": float(np.mean(reference.argmax(1) == test_labels)),
+        "int8 top1": float(np.mean(int8.argmax(1) == test_labels)),
+        "agreement": agreement.top1_agreement, "max_logit_difference": agreement.max_logit_difference,
+    }]  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shared", default=str(ROOT.parent / "shared"), help="the shared data folder")
+    parser.add_argument("--calibration", type=int, default=250, help="photos to calibrate on")
+    parser.add_argument("--repeats", type=int, default=5, help="alternating speed measurements")
+    parser.add_argument("--out", help="also write the results as JSON here")
+    parser.add_argument("--workdir", type=pathlib.Path, help="instead: a training run's test top-1, float32 vs int8")
+    args = parser.parse_args()
+    if args.workdir is not None:
+        results = {"trained": trained_model_rows(args.workdir, args.calibration)}
+        print(json.dumps(results["trained"][0]))
+        write_json(results, args.out)
+        return
+    shared = pathlib.Path(args.shared)
+    photos = quantize.image_files(shared / "data/imagenet-photos")
+    photos = [photos[i] for i in np.random.default_rng(0).permutation(len(photos))]
+    model, variables = fsq.load_pretrained(shared / "pretrained/torchvision_squeezenet1_1.ncnn.param")
+    calibration = fsq.preprocess(photos[: args.calibration])
+    held_back_files = photos[args.calibration :]
+    held_back = fsq.preprocess(held_back_files)
+    labels = labels_of(held_back_files, shared / "data/imagenet_wnids.txt")
+    print(f"calibration {len(calibration)} photos; held back {len(held_back)}, {int((labels >= 0).sum())} labeled")
+    results = {
+        "accuracy": accuracy_rows(model, variables, calibration, held_back, labels),
+        "speed": speed_rows(model, variables, calibration, args.repeats),
+    }
+    for section in results.values():
+        for row in section:
+            print(json.dumps(row))
+    write_json(results, args.out)
+
+
+def write_json(results: dict, path: str | None) -> None:
+    if path:
+        pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+        pathlib.Path(path).write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""int8 ONNX export: agreement with the Flax model on real photos, fixed and free shapes, 1 channel, errors."""
+
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import onnx
+import pytest
+from PIL import Image
+
+import flax_squeezenet as fsq
+from flax_squeezenet import quantize
+from flax_squeezenet.cli import export as export_cli
+from tests.conftest import require_shared
+
+PHOTOS = "data/imagenet-photos"
+WEIGHTS = "pretrained/torchvision_squeezenet1_1.ncnn.param"
+CALIBRATION_PHOTOS = 100
+CHECKED_PHOTOS = 150
+# On these 150 photos: 96.0% (BENCHMARKS.md, "int8 ONNX": 94.0% on 750). Calibrated on CIFAR-10
+# images instead: 64.7% on another 150. Quantizing the final average pool too (94.0% here)
+# saturates the logits at the calibration's largest: the maximum difference assertion catches that.
+MIN_AGREEMENT = 0.94
+
+
+def test_int8_agrees_with_flax_on_held_back_photos(tmp_path):
+    photos = quantize.image_files(require_shared(PHOTOS))
+    order = np.random.default_rng(0).permutation(len(photos))
+    calibration = [photos[i] for i in order[:CALIBRATION_PHOTOS]]
+    checked = [photos[i] for i in order[CALIBRATION_PHOTOS : CALIBRATION_PHOTOS + CHECKED_PHOTOS]]
+    model, variables = fsq.load_pretrained(require_shared(WEIGHTS))
+    path = quantize.save_int8_onnx(model, variables, tmp_path / "int8.onnx", fsq.preprocess(calibration))
+    images = fsq.preprocess(checked)
+    result = quantize.agreement(quantize.flax_logits(model, variables, images), quantize.run_onnx(path, images))
+    assert result.top1_agreement >= MIN_AGREEMENT, result
+    assert result.max_logit_difference < 3.0, result  # saturated logits differed by 8.7
+    proto = onnx.load(path)
+    assert sum(node.op_type == "QuantizeLinear" for node in proto.graph.node) > 20
+    assert path.stat().st_size < 1.5e6
+
+
+def random_model(in_channels, num_classes=10, size=32):
+    model = fsq.squeezenet1_1(num_classes=num_classes, in_channels=in_channels)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, size, size, in_channels)))
+    params = dict(variables["params"])
+    params["classifier"] = {**params["classifier"], "kernel": params["classifier"]["kernel"] * 300.0}
+    return model, {"params": params}
+
+
+def write_images(folder, count, mode="RGB", size=40):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    for i in range(count):
+        pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+        Image.fromarray(pixels).convert(mode).save(folder / f"{i:03d}.png")
+    return folder
+
+
+@pytest.mark.parametrize("input_shape", [None, (2, 1, 32, 32)])
+def test_one_channel_int8_in_free_and_fixed_shapes(tmp_path, input_shape):
+    model, variables = random_model(in_channels=1)
+    calibration = quantize.preprocess_for_model(
+        quantize.image_files(write_images(tmp_path / "images", 12, mode="L")),
+        channels=1, image_size=32, mean=(0.3,), std=(0.35,),
+    )  # fmt: skip
+    path = quantize.save_int8_onnx(model, variables, tmp_path / "m.onnx", calibration, input_shape=input_shape)
+    dims = onnx.load(path).graph.input[0].type.tensor_type.shape.dim
+    if input_shape is None:
+        assert dims[0].dim_param == "batch" and dims[2].dim_param == "height"
+    else:
+        assert [d.dim_value for d in dims] == list(input_shape)
+    expected = quantize.flax_logits(model, variables, calibration)
+    got = quantize.run_onnx(path, calibration)
+    assert got.shape == expected.shape == (12, 10)
+    assert np.abs(expected).max() > 1.0
+    assert np.abs(got - expected).max() < 0.1 * np.abs(expected).max()
+
+
+def test_cli_writes_int8_and_reports_held_back_agreement(tmp_path, capsys):
+    folder = write_images(tmp_path / "images", 8)
+    output = tmp_path / "out" / "m.onnx"
+    code = export_cli.main([
+        "--random-init", "--num-classes", "4", "--int8", "--calibration", str(folder),
+        "--input-shape", "1x3x32x32", "--output", str(output),
+    ])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    assert "on 2 held-back images: top-1 agreement" in capsys.readouterr().out
+    proto = onnx.load(output)
+    assert [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim] == [1, 3, 32, 32]
+    assert any(node.op_type == "QuantizeLinear" for node in proto.graph.node)
+    assert [p.name for p in output.parent.iterdir()] == ["m.onnx"]
+
+
+def test_cli_fixed_shape_float_export(tmp_path, capsys):
+    output = tmp_path / "m.onnx"
+    code = export_cli.main(["--random-init", "--input-shape", "1x3x48x48", "--output", str(output)])
+    assert code == 0, capsys.readouterr().err
+    assert "max |difference|" in capsys.readouterr().out
+    proto = onnx.load(output)
+    assert [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim] == [1, 3, 48, 48]
+    assert not any(node.op_type == "QuantizeLinear" for node in proto.graph.node)
+
+
+def run_cli_error(capsys, *args):
+    code = export_cli.main(["--random-init", "--num-classes", "4", "--image-size", "32", *args])
+    assert code == 1
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("make_folder", "message"),
+    [
+        (lambda folder: folder.mkdir(), "holds no images"),
+        (lambda folder: None, "does not exist"),
+        (lambda folder: write_images(folder, 3) / "002.png", "is not an image"),
+    ],
+)
+def test_calibration_folder_errors_name_the_problem_and_write_nothing(tmp_path, capsys, make_folder, message):
+    folder = tmp_path / "images"
+    broken = make_folder(folder)
+    if broken is not None:
+        broken.write_bytes(b"not a png")
+    output = tmp_path / "out.onnx"
+    error = run_cli_error(capsys, "--int8", "--calibration", str(folder), "--output", str(output))
+    assert message in error and str(folder) in error and len(error.strip().splitlines()) == 1
+    assert not output.exists()
+
+
+def test_cli_one_channel_weights_need_their_normalisation(tmp_path, capsys):
+    model, variables = random_model(in_channels=1, num_classes=3)
+    weights = fsq.save_pretrained(tmp_path / "export", variables, model="squeezenet1_1", num_classes=3, in_channels=1)
+    folder = write_images(tmp_path / "images", 6, mode="L")
+    args = ["--weights", str(weights), "--int8", "--calibration", str(folder), "--image-size", "32"]
+    assert export_cli.main([*args, "--output", str(tmp_path / "a.onnx")]) == 1
+    assert "--mean, --std" in capsys.readouterr().err
+    assert export_cli.main([*args, "--mean", "0.3", "--std", "0.35", "--output", str(tmp_path / "b.onnx")]) == 0
+    assert "top-1 agreement" in capsys.readouterr().out
+    (images,) = onnx.load(tmp_path / "b.onnx").graph.input
+    assert images.type.tensor_type.shape.dim[1].dim_value == 1
+    assert not (tmp_path / "a.onnx").exists()
+
+
+def test_missing_onnxruntime_names_the_extra(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime.quantization", None)
+    folder = write_images(tmp_path / "images", 4)
+    error = run_cli_error(capsys, "--int8", "--calibration", str(folder), "--output", str(tmp_path / "m.onnx"))
+    assert "pip install 'flax-squeezenet[export]'" in error
+
+
+def test_input_shape_option(capsys):
+    parser = export_cli.build_parser()
+    assert parser.parse_args(["--output", "x", "--input-shape", "1x3x224x224"]).input_shape == (1, 3, 224, 224)
+    for text in ("1x3x224", "0x3x8x8", "ax3x8x8"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--output", "x", "--input-shape", text])
+        assert "expected NxCxHxW" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--int8"], "--int8 and --calibration IMAGES go together"),
+        (["--input-shape", "1x1x32x32"], "expected an input shape Nx3xHxW"),
+        (["--input-shape", "1x3x8x8"], "height and width must be at least 17"),
+    ],
+)
+def test_option_errors(tmp_path, capsys, args, message):
+    output = tmp_path / "m.onnx"
+    assert message in run_cli_error(capsys, *args, "--output", str(output))
+    assert not output.exists()
