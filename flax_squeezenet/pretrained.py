@@ -173,6 +173,10 @@ def _read_weights(name_or_path: str | os.PathLike, cache_override) -> tuple[str,
         model, params = ncnn.load_ncnn(path)
     elif path.suffix == ".net":
         model, params = deepcompression.load_deep_compression(path)
+    elif path.suffix == ".sqz":
+        from flax_squeezenet.compression.fileformat import read_weights  # keeps `import flax_squeezenet` light
+
+        return read_weights(path)
     else:
         model, params = convert.from_torchvision(pth.load_pth(path))
     return model, {}, {"params": params}
