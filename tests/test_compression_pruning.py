@@ -1,5 +1,7 @@
 """Magnitude pruning: masks, the cubic schedule, and the optax transformation through training and resume."""
 
+import functools
+
 import flax.traverse_util
 import jax
 import jax.numpy as jnp
@@ -46,6 +48,7 @@ def test_paper_densities_match_the_paper_file():
 
 
 def tiny_problem():
+    """(params, optimizer with pruning chained last, un-jitted train step) of a tiny conv net."""
     rng = np.random.default_rng(1)
     params = {
         "conv1": {"kernel": jnp.asarray(rng.standard_normal((3, 3, 2, 8)), jnp.float32), "bias": jnp.zeros(8)},
@@ -63,9 +66,11 @@ def tiny_problem():
     densities = pruning.layer_densities(params, 0.25, {"classifier": 0.5})
     optimizer = optax.chain(optax.sgd(0.1, momentum=0.9), pruning.prune_by_magnitude(densities, begin_step=2, end_step=8, frequency=2))
 
-    @jax.jit
-    def step(params, opt_state):
-        updates, opt_state = optimizer.update(jax.grad(loss)(params), opt_state, params)
+    def step(params, opt_state, axis_name=None):
+        grads = jax.grad(loss)(params)
+        if axis_name is not None:
+            grads = jax.lax.pmean(grads, axis_name)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state
 
     return params, optimizer, step
@@ -82,7 +87,7 @@ def train(params, opt_state, step, steps):
 
 def test_pruned_weights_stay_zero_and_reach_the_target_density():
     params, optimizer, step = tiny_problem()
-    params, opt_state = train(params, optimizer.init(params), step, 12)
+    params, opt_state = train(params, optimizer.init(params), jax.jit(step), 12)
     masks = opt_state[1].masks
     assert int(masks["conv1"]["kernel"].sum()) == round(0.25 * 144)
     assert int(masks["classifier"]["kernel"].sum()) == round(0.5 * 32)
@@ -92,6 +97,7 @@ def test_pruned_weights_stay_zero_and_reach_the_target_density():
 
 def test_resume_from_a_checkpoint_is_exact(tmp_path):
     params, optimizer, step = tiny_problem()
+    step = jax.jit(step)
     straight, straight_state = train(params, optimizer.init(params), step, 10)
     half, half_state = train(params, optimizer.init(params), step, 5)
     with ocp.StandardCheckpointer() as checkpointer:
@@ -103,3 +109,20 @@ def test_resume_from_a_checkpoint_is_exact(tmp_path):
     for a, b in zip(jax.tree_util.tree_leaves((straight, straight_state)), jax.tree_util.tree_leaves((resumed, resumed_state))):
         np.testing.assert_array_equal(a, b)
 
+
+
+def test_pmap_gives_the_masks_of_jit():
+    params, optimizer, step = tiny_problem()
+    jit_params, jit_state = train(params, optimizer.init(params), jax.jit(step), 9)
+    count = jax.local_device_count()
+
+    def replicate(tree):
+        return jax.tree_util.tree_map(lambda leaf: jnp.stack([leaf] * count), tree)
+
+    pmapped = jax.pmap(functools.partial(step, axis_name="batch"), axis_name="batch")
+    replicated_params, replicated_state = replicate(params), replicate(optimizer.init(params))
+    for _ in range(9):
+        replicated_params, replicated_state = pmapped(replicated_params, replicated_state)
+    first = jax.tree_util.tree_map(lambda leaf: leaf[0], (replicated_params, replicated_state[1].masks))
+    for a, b in zip(jax.tree_util.tree_leaves(first), jax.tree_util.tree_leaves((jit_params, jit_state[1].masks))):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)

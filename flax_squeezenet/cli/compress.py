@@ -35,15 +35,24 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compress SqueezeNet weights as Deep Compression does, without retraining: "
         "magnitude pruning, weight sharing (k-means), Huffman coding.",
     )
-    parser.add_argument("weights", metavar="WEIGHTS", help="a pretrained name, .pth, ncnn .param, .net, .sqz or save_pretrained directory")
+    parser.add_argument(
+        "weights", metavar="WEIGHTS",
+        help="a pretrained name, or a .pth, ncnn .param, .net, .sqz file or save_pretrained directory",
+    )  # fmt: skip
     parser.add_argument("--output", required=True, metavar="FILE", help="the compressed file to write")
-    parser.add_argument("--density", type=float, metavar="D", help="fraction of each conv's weights to keep (default: no pruning)")
+    parser.add_argument(
+        "--density", type=float, metavar="D", help="fraction of each conv's weights to keep (default: no pruning)"
+    )
     parser.add_argument("--bits", type=int, default=8, metavar="B", help="bits per shared weight, 1 to 8 (default 8)")
     parser.add_argument(
         "--format", choices=FORMATS, default="squeezenet",
-        help="squeezenet: a .sqz file load_pretrained reads (default); net: the paper's .net file (v1.0, 1000 classes, 8 bits)",
+        help="squeezenet: a .sqz file load_pretrained reads (default); "
+        "net: the paper's .net file (v1.0, 1000 classes, 8 bits)",
     )  # fmt: skip
-    parser.add_argument("--images", nargs="+", metavar="IMAGE", help=f"images to measure the logit change on (default: {RANDOM_IMAGES} random inputs)")
+    parser.add_argument(
+        "--images", nargs="+", metavar="IMAGE",
+        help=f"images to measure the logit change on (default: {RANDOM_IMAGES} random inputs)",
+    )  # fmt: skip
     return parser
 
 
@@ -70,7 +79,9 @@ def run(args: argparse.Namespace) -> str:
         if args.bits != 8:
             raise ValueError(f"the .net format holds 8-bit shared weights, got --bits {args.bits}")
     convention = "caffe_bgr" if args.format == "net" else None
-    compressed = compress(args.weights, bits=args.bits, density=args.density, input_convention=convention, progress=True)
+    compressed = compress(
+        args.weights, bits=args.bits, density=args.density, input_convention=convention, progress=True
+    )
     path = save_compressed(compressed, args.output, format=args.format)
     params = compressed.params()
     change = largest_logit_change(module, variables, params, images)
@@ -80,7 +91,8 @@ def run(args: argparse.Namespace) -> str:
     kept = sum(int(np.count_nonzero(k)) for k in kernels) / sum(math.prod(k.shape) for k in kernels)
     where = f"{len(images)} images" if args.images else f"{len(images)} random inputs"
     return (f"wrote {path}: {size:,} bytes ({float_bytes / size:.1f}x smaller than float32's {float_bytes:,}); "
-            f"{kept:.1%} of conv weights kept, {args.bits}-bit shared; largest logit change on {where}: {change:.3g}")  # fmt: skip
+            f"{kept:.1%} of conv weights kept, {args.bits}-bit shared; "
+            f"largest logit change on {where}: {change:.3g}")  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -13,4 +13,13 @@ from flax_squeezenet.compression.compressed import CompressedModel
 from flax_squeezenet.compression.fileformat import read_compressed
 from flax_squeezenet.compression.sharing import SharedKernel
 
-__all__ = ["FORMATS", "CompressedModel", "SharedKernel", "compress", "encoded_size", "read_compressed", "read_source", "save_compressed"]
+__all__ = [
+    "FORMATS",
+    "CompressedModel",
+    "SharedKernel",
+    "compress",
+    "encoded_size",
+    "read_compressed",
+    "read_source",
+    "save_compressed",
+]

@@ -27,13 +27,16 @@ def variant_name(module: SqueezeNet) -> str:
     """The key of `MODELS` whose constructor builds `module`'s architecture."""
     for name, factory in MODELS.items():
         keywords = getattr(factory, "keywords", None)
-        if keywords is not None and all(getattr(module, key) == value for key, value in keywords.items()) and module.bypass == keywords.get("bypass", "none"):
+        if keywords is None or module.bypass != keywords.get("bypass", "none"):
+            continue
+        if all(getattr(module, key) == value for key, value in keywords.items()):
             return name
     raise ValueError("cannot compress a SqueezeNet built from metaparameters: no variant name rebuilds it")
 
 
 def _flat(params: Any) -> dict[str, np.ndarray]:
-    return {"/".join(path): np.asarray(leaf, np.float32) for path, leaf in flax.traverse_util.flatten_dict(params).items()}
+    flat = flax.traverse_util.flatten_dict(params)
+    return {"/".join(path): np.asarray(leaf, np.float32) for path, leaf in flat.items()}
 
 
 def _convert_input(flat: dict[str, np.ndarray], source: str, target: str) -> dict[str, np.ndarray]:
@@ -58,7 +61,9 @@ def read_source(weights: str | os.PathLike) -> tuple[SqueezeNet, str, dict[str, 
     return module, "torchvision", _flat(variables["params"])
 
 
-def _prune(flat: dict[str, np.ndarray], density: float | None, overrides: Mapping[str, float] | None) -> dict[str, np.ndarray]:
+def _prune(
+    flat: dict[str, np.ndarray], density: float | None, overrides: Mapping[str, float] | None
+) -> dict[str, np.ndarray]:
     if density is None and not overrides:
         return flat
     params = flax.traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in flat.items()})
@@ -89,7 +94,8 @@ def compress(
     for value in [bits, *layer_bits.values()]:
         check_bits(value)
     module, source_convention, flat = read_source(weights)
-    flat = _prune(_convert_input(flat, source_convention, input_convention or source_convention), density, layer_densities)
+    convention = input_convention or source_convention
+    flat = _prune(_convert_input(flat, source_convention, convention), density, layer_densities)
     unknown = sorted(set(layer_bits) - {path.rsplit("/", 1)[0] for path in flat if flat[path].ndim >= 2})
     if unknown:
         raise ValueError(f"layer_bits names no conv layer: {', '.join(unknown)}")
@@ -98,7 +104,7 @@ def compress(
         layer = path.rsplit("/", 1)[0]
         leaves[path] = share_weights(leaf, layer_bits.get(layer, bits)) if leaf.ndim >= 2 else leaf
     kwargs = {} if module.in_channels == 3 else {"in_channels": module.in_channels}
-    return CompressedModel(variant_name(module), kwargs, input_convention or source_convention, leaves)
+    return CompressedModel(variant_name(module), kwargs, convention, leaves)
 
 
 def save_compressed(compressed: CompressedModel, path: str | os.PathLike, *, format: str | None = None) -> pathlib.Path:

@@ -41,8 +41,10 @@ def _encode_shared(kernel: SharedKernel) -> tuple[dict, bytes]:
     gap_lengths = huffman.code_lengths(gaps, sparse.MAX_GAP + 1)
     index_stream, index_bits = huffman.encode(indices, index_lengths)
     gap_stream, gap_bits = huffman.encode(gaps, gap_lengths)
-    entry = {"encoding": "shared", "bits": kernel.bits, "entries": int(gaps.size), "index_bits": index_bits, "gap_bits": gap_bits}
-    blob = b"".join([kernel.codebook.astype("<f4").tobytes(), index_lengths.tobytes(), gap_lengths.tobytes(), index_stream, gap_stream])
+    entry = {"encoding": "shared", "bits": kernel.bits, "entries": int(gaps.size), "index_bits": index_bits,
+             "gap_bits": gap_bits}  # fmt: skip
+    tables = kernel.codebook.astype("<f4").tobytes() + index_lengths.tobytes() + gap_lengths.tobytes()
+    blob = tables + index_stream + gap_stream
     return entry, blob
 
 
@@ -76,7 +78,7 @@ def _checked_body(data: bytes, path: str | os.PathLike) -> tuple[dict, memoryvie
         raise ValueError(f"{path} is not a compressed SqueezeNet file (expected it to start with {MAGIC!r})")
     _, version, _, header_length = _PREAMBLE.unpack_from(data)
     if version != VERSION:
-        raise ValueError(f"{path} is a compressed SqueezeNet file of version {version}; this reader reads version {VERSION}")
+        raise ValueError(f"{path} is a compressed SqueezeNet file of version {version}; expected version {VERSION}")
     body, checksum = data[:-_CHECKSUM_BYTES], data[-_CHECKSUM_BYTES:]
     if hashlib.sha256(body).digest() != checksum:
         raise ValueError(f"{path} is truncated or altered: its sha256 checksum does not match its contents")

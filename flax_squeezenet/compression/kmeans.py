@@ -13,7 +13,9 @@ MAX_ITERATIONS = 300
 
 
 @functools.partial(jax.jit, static_argnames=("num_clusters", "max_iterations"))
-def _lloyd(values: jax.Array, weights: jax.Array, num_clusters: int, max_iterations: int) -> tuple[jax.Array, jax.Array]:
+def _lloyd(
+    values: jax.Array, weights: jax.Array, num_clusters: int, max_iterations: int
+) -> tuple[jax.Array, jax.Array]:
     present = weights > 0
     low = jnp.min(jnp.where(present, values, jnp.inf))
     high = jnp.max(jnp.where(present, values, -jnp.inf))
@@ -39,7 +41,9 @@ def _lloyd(values: jax.Array, weights: jax.Array, num_clusters: int, max_iterati
     return centroids, assign(centroids)
 
 
-def kmeans_1d(values: np.ndarray, num_clusters: int, max_iterations: int = MAX_ITERATIONS) -> tuple[np.ndarray, np.ndarray]:
+def kmeans_1d(
+    values: np.ndarray, num_clusters: int, max_iterations: int = MAX_ITERATIONS
+) -> tuple[np.ndarray, np.ndarray]:
     """(centroids float32 ascending, cluster of each value int32) of k-means over `values`.
 
     Lloyd iterations from the linear initialisation until no centroid moves (at most

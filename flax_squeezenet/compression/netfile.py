@@ -20,7 +20,8 @@ from flax_squeezenet.models import V1_0
 from flax_squeezenet.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 NET_MODEL = "squeezenet1_0"
-CONV_NAMES = ("conv1", *(f"fire{i}/{conv}" for i in range(2, 10) for conv in ("squeeze", "expand1x1", "expand3x3")), "classifier")
+FIRE_CONVS = ("squeeze", "expand1x1", "expand3x3")
+CONV_NAMES = ("conv1", *(f"fire{i}/{conv}" for i in range(2, 10) for conv in FIRE_CONVS), "classifier")
 
 
 def unfold_caffe_input(kernel: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -40,7 +40,9 @@ def layer_densities(params: Any, density: float | None = None, overrides: Mappin
     known = {_layer(path) for path, leaf in flat.items() if jnp.ndim(leaf) >= 2}
     unknown = sorted(set(overrides) - known)
     if unknown:
-        raise ValueError(f"density overrides name no conv layer: {', '.join(unknown)} (layers: {', '.join(sorted(known))})")
+        raise ValueError(
+            f"density overrides name no conv layer: {', '.join(unknown)} (layers: {', '.join(sorted(known))})"
+        )
     densities = {}
     for path, leaf in flat.items():
         layer = _layer(path)
@@ -66,7 +68,10 @@ def magnitude_mask(kernel: jax.Array, density: float | jax.Array) -> jax.Array:
 
 def magnitude_masks(params: Any, densities: Any) -> Any:
     """`magnitude_mask` of every leaf of `params` at its density (a tree like it, see `layer_densities`)."""
-    return jax.tree_util.tree_map(lambda leaf, density: magnitude_mask(leaf, density) if density < 1 else jnp.ones(leaf.shape, bool), params, densities)
+    def mask(leaf: jax.Array, density: float) -> jax.Array:
+        return magnitude_mask(leaf, density) if density < 1 else jnp.ones(leaf.shape, bool)
+
+    return jax.tree_util.tree_map(mask, params, densities)
 
 
 def apply_masks(params: Any, masks: Any) -> Any:
@@ -74,7 +79,9 @@ def apply_masks(params: Any, masks: Any) -> Any:
     return jax.tree_util.tree_map(lambda leaf, mask: jnp.where(mask, leaf, jnp.zeros_like(leaf)), params, masks)
 
 
-def cubic_density(step: jax.Array, final_density: float, begin_step: int, end_step: int, initial_density: float = 1.0) -> jax.Array:
+def cubic_density(
+    step: jax.Array, final_density: float, begin_step: int, end_step: int, initial_density: float = 1.0
+) -> jax.Array:
     """Zhu & Gupta's schedule: `initial_density` until `begin_step`, falling along a cubic to
     `final_density` at `end_step`, constant after."""
     progress = jnp.clip((step - begin_step) / max(end_step - begin_step, 1), 0.0, 1.0)
@@ -99,10 +106,13 @@ def prune_by_magnitude(
     unchanged. Deterministic, so replicas under pmap or a mesh compute the same masks.
     """
     if frequency < 1 or end_step < begin_step:
-        raise ValueError(f"expected frequency >= 1 and end_step >= begin_step, got {frequency}, {begin_step}, {end_step}")
+        raise ValueError(
+            f"expected frequency >= 1 and end_step >= begin_step, got {frequency}, {begin_step}, {end_step}"
+        )
 
     def init(params: Any) -> PruningState:
-        return PruningState(jnp.zeros([], jnp.int32), jax.tree_util.tree_map(lambda leaf: jnp.ones(leaf.shape, bool), params))
+        masks = jax.tree_util.tree_map(lambda leaf: jnp.ones(leaf.shape, bool), params)
+        return PruningState(jnp.zeros([], jnp.int32), masks)
 
     def update(updates: Any, state: PruningState, params: Any = None) -> tuple[Any, PruningState]:
         if params is None:

@@ -73,6 +73,8 @@ def centroid_gradients(kernel_gradient: jax.Array, indices: jax.Array, codebook_
     return sums.at[0].set(0.0)
 
 
-def fine_tune_codebook(codebook: jax.Array, kernel_gradient: jax.Array, indices: jax.Array, learning_rate: float) -> jax.Array:
+def fine_tune_codebook(
+    codebook: jax.Array, kernel_gradient: jax.Array, indices: jax.Array, learning_rate: float
+) -> jax.Array:
     """The codebook after one gradient step on its shared values (index 0 stays 0.0)."""
     return codebook - learning_rate * centroid_gradients(kernel_gradient, indices, codebook.shape[0])
