@@ -43,11 +43,12 @@ def labeled_photos(shared: pathlib.Path, limit: int | None) -> tuple[list[pathli
 
 def top1(module, variables, images: np.ndarray, labels: np.ndarray) -> float:
     apply = jax.jit(module.apply, compiler_options=compiler_options(module.dtype))
-    predictions = np.concatenate([np.argmax(apply(variables, images[i : i + BATCH]), -1) for i in range(0, len(images), BATCH)])
+    batches = range(0, len(images), BATCH)
+    predictions = np.concatenate([np.argmax(apply(variables, images[i : i + BATCH]), -1) for i in batches])
     return 100.0 * float(np.mean(predictions == labels))
 
 
-def stages(shared: pathlib.Path, workdir: pathlib.Path):
+def stages(shared: pathlib.Path):
     """(name, source file, compress kwargs or None for the source itself) of every stage."""
     paper, torchvision = shared / PAPER, shared / TORCHVISION
     return [
@@ -63,7 +64,7 @@ def stages(shared: pathlib.Path, workdir: pathlib.Path):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--shared", type=pathlib.Path, default=SHARED, help="the shared data folder (default ../shared)")
+    parser.add_argument("--shared", type=pathlib.Path, default=SHARED, help="the shared data folder (../shared)")
     parser.add_argument("--limit", type=int, help="evaluate on the first N labeled photos only")
     args = parser.parse_args(argv)
     photos, labels = labeled_photos(args.shared, args.limit)
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(photos)} labeled photos preprocessed in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     rows = []
     with tempfile.TemporaryDirectory() as workdir:
-        for index, (name, source, options) in enumerate(stages(args.shared, pathlib.Path(workdir))):
+        for index, (name, source, options) in enumerate(stages(args.shared)):
             seconds = 0.0
             path = source
             if options is not None:
@@ -86,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
             float_bytes = 4 * count_params(variables)
             accuracy = top1(module, variables, images, labels)
             rows.append((name, size, float_bytes / size, accuracy, seconds, load_seconds))
-            print(f"{name}: {size:,} bytes, top-1 {accuracy:.1f}%, compress {seconds:.1f} s, load {load_seconds:.1f} s", file=sys.stderr)
+            print(f"{name}: {size:,} bytes, top-1 {accuracy:.1f}%, compress {seconds:.1f} s, "
+                  f"load {load_seconds:.1f} s", file=sys.stderr)  # fmt: skip
     print(f"| stage | bytes | vs float32 | top-1 ({len(photos)} photos) | compress s | load s |")
     print("|---|---|---|---|---|---|")
     for name, size, ratio, accuracy, seconds, load_seconds in rows:

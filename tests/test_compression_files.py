@@ -1,4 +1,4 @@
-"""Compressed files: .sqz round trips through load_pretrained, corrupted files refused, the paper's .net written back."""
+"""Compressed files: .sqz round trips through load_pretrained, damaged files refused, the paper's .net written back."""
 
 import os
 import pathlib
@@ -26,13 +26,15 @@ def assert_same_tree(a, b):
 
 def random_checkpoint(directory: pathlib.Path, model, name: str) -> pathlib.Path:
     variables = model.init(jax.random.key(0), jnp.zeros((1, 64, 64, model.in_channels)))
-    return save_pretrained(directory, variables, model=name, in_channels=model.in_channels, num_classes=model.num_classes)
+    kwargs = {"in_channels": model.in_channels, "num_classes": model.num_classes}
+    return save_pretrained(directory, variables, model=name, **kwargs)
 
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
     """A random 1-channel, 10-class squeezenet1_1 checkpoint, and it pruned to half and shared at 4 bits."""
-    directory = random_checkpoint(tmp_path_factory.mktemp("small") / "model", squeezenet1_1(num_classes=10, in_channels=1), "squeezenet1_1")
+    model = squeezenet1_1(num_classes=10, in_channels=1)
+    directory = random_checkpoint(tmp_path_factory.mktemp("small") / "model", model, "squeezenet1_1")
     return directory, compress(directory, bits=4, density=0.5)
 
 
@@ -59,7 +61,8 @@ def current_umask() -> int:
 def test_the_header_describes_the_model(small, tmp_path):
     _, compressed = small
     stored = read_compressed(save_compressed(compressed, tmp_path / "small.sqz"))
-    assert (stored.model, stored.in_channels, stored.num_classes, stored.input_convention) == ("squeezenet1_1", 1, 10, "torchvision")
+    described = (stored.model, stored.in_channels, stored.num_classes, stored.input_convention)
+    assert described == ("squeezenet1_1", 1, 10, "torchvision")
     assert {leaf.bits for leaf in stored.leaves.values() if hasattr(leaf, "bits")} == {4}
 
 
@@ -97,7 +100,8 @@ def test_paper_file_written_back_decodes_to_identical_weights(tmp_path):
     paper = require_shared(PAPER_FILE)
     written = save_compressed(compress(paper), tmp_path / "copy.net")
     assert written.stat().st_size == PAPER_BYTES  # the same entries, fillers and layout
-    assert_same_tree(load_deep_compression(written, fold_input=False)[1], load_deep_compression(paper, fold_input=False)[1])
+    caffe_params = [load_deep_compression(path, fold_input=False)[1] for path in (written, paper)]
+    assert_same_tree(*caffe_params)
     assert_same_tree(load_pretrained(written)[1], load_pretrained(paper)[1])
 
 
@@ -106,7 +110,8 @@ def test_paper_file_huffman_coded_is_smaller_with_identical_weights(tmp_path):
     path = save_compressed(compress(paper), tmp_path / "paper.sqz")
     assert path.stat().st_size < PAPER_BYTES
     assert_same_tree(load_pretrained(path)[1], load_pretrained(paper)[1])
-    assert_same_tree(load_pretrained(save_compressed(compress(path), tmp_path / "again.net"))[1], load_pretrained(paper)[1])
+    again = save_compressed(compress(path), tmp_path / "again.net")  # .sqz back to .net, still lossless
+    assert_same_tree(load_pretrained(again)[1], load_pretrained(paper)[1])
 
 
 @pytest.mark.slow
@@ -116,4 +121,5 @@ def test_torchvision_convention_weights_written_as_net(tmp_path):
     module, variables = load_pretrained(save_compressed(compressed, tmp_path / "random.net"))
     assert_same_tree(variables["params"]["fire5"], compressed.params()["fire5"])
     images = np.random.default_rng(0).standard_normal((2, 224, 224, 3)).astype(np.float32)
-    np.testing.assert_allclose(module.apply(variables, images), module.apply({"params": compressed.params()}, images), rtol=1e-4, atol=1e-5)
+    expected = module.apply({"params": compressed.params()}, images)
+    np.testing.assert_allclose(module.apply(variables, images), expected, rtol=1e-4, atol=1e-5)

@@ -29,7 +29,10 @@ def test_cubic_schedule_goes_from_initial_to_final_density():
 
 
 def test_layer_densities_use_overrides_and_refuse_unknown_layers():
-    params = {"conv1": {"kernel": np.ones((3, 3, 3, 8)), "bias": np.ones(8)}, "classifier": {"kernel": np.ones((1, 1, 8, 4))}}
+    params = {
+        "conv1": {"kernel": np.ones((3, 3, 3, 8)), "bias": np.ones(8)},
+        "classifier": {"kernel": np.ones((1, 1, 8, 4))},
+    }
     densities = pruning.layer_densities(params, 0.5, {"classifier": 0.1})
     assert densities == {"conv1": {"kernel": 0.5, "bias": 1.0}, "classifier": {"kernel": 0.1}}
     with pytest.raises(ValueError, match="fire2/squeeze"):
@@ -38,10 +41,12 @@ def test_layer_densities_use_overrides_and_refuse_unknown_layers():
 
 def test_paper_densities_match_the_paper_file():
     _, params = load_deep_compression(require_shared("pretrained/deepcompression_squeezenet1_0.net"))
-    flat = {"/".join(path[:-1]): leaf for path, leaf in flax.traverse_util.flatten_dict(params).items() if path[-1] == "kernel"}
+    flat = {path[: -len("/kernel")]: leaf for path, leaf in flax.traverse_util.flatten_dict(params, sep="/").items()
+            if path.endswith("/kernel")}  # fmt: skip
     assert set(flat) == set(pruning.PAPER_V1_0_DENSITIES)
     for layer, kernel in flat.items():
-        assert np.count_nonzero(kernel) / kernel.size == pytest.approx(pruning.PAPER_V1_0_DENSITIES[layer], abs=0.02), layer
+        density = np.count_nonzero(kernel) / kernel.size
+        assert density == pytest.approx(pruning.PAPER_V1_0_DENSITIES[layer], abs=0.02), layer
     table = sum(pruning.PAPER_V1_0_DENSITIES[layer] * kernel.size for layer, kernel in flat.items())
     paper = sum(np.count_nonzero(kernel) for kernel in flat.values())
     assert table / paper == pytest.approx(1.0, abs=0.01)
@@ -58,13 +63,15 @@ def tiny_problem():
     labels = jnp.asarray(rng.integers(0, 4, 16))
 
     def loss(params):
-        x = jax.lax.conv_general_dilated(images, params["conv1"]["kernel"], (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        x = jax.lax.conv_general_dilated(
+            images, params["conv1"]["kernel"], (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
         x = jax.nn.relu(x + params["conv1"]["bias"])
         logits = jnp.mean(x, axis=(1, 2)) @ params["classifier"]["kernel"][0, 0] + params["classifier"]["bias"]
         return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
-    densities = pruning.layer_densities(params, 0.25, {"classifier": 0.5})
-    optimizer = optax.chain(optax.sgd(0.1, momentum=0.9), pruning.prune_by_magnitude(densities, begin_step=2, end_step=8, frequency=2))
+    prune = pruning.prune_by_magnitude(0.25, {"classifier": 0.5}, begin_step=2, end_step=8, frequency=2)
+    optimizer = optax.chain(optax.sgd(0.1, momentum=0.9), prune)
 
     def step(params, opt_state, axis_name=None):
         grads = jax.grad(loss)(params)
@@ -106,7 +113,8 @@ def test_resume_from_a_checkpoint_is_exact(tmp_path):
         target = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, {"params": half, "opt_state": half_state})
         restored = checkpointer.restore(tmp_path / "state", target)
     resumed, resumed_state = train(restored["params"], restored["opt_state"], step, 5)
-    for a, b in zip(jax.tree_util.tree_leaves((straight, straight_state)), jax.tree_util.tree_leaves((resumed, resumed_state))):
+    leaves = [jax.tree_util.tree_leaves(run) for run in ((straight, straight_state), (resumed, resumed_state))]
+    for a, b in zip(*leaves):
         np.testing.assert_array_equal(a, b)
 
 

@@ -65,7 +65,9 @@ def test_centroid_gradient_is_the_gradient_of_the_loss_wrt_the_shared_values():
         return jnp.sum(jnp.tanh(inputs @ kernel[0, 0]) ** 2)
 
     kernel_gradient = jax.grad(loss_of_kernel)(jnp.asarray(shared.dense()))
-    codebook_gradient = jax.grad(lambda codebook: loss_of_kernel(codebook[shared.indices]))(jnp.asarray(shared.codebook))
+    codebook_gradient = jax.grad(lambda codebook: loss_of_kernel(codebook[shared.indices]))(
+        jnp.asarray(shared.codebook)
+    )
     got = centroid_gradients(kernel_gradient, shared.indices, shared.codebook.size)
     np.testing.assert_allclose(got[1:], codebook_gradient[1:], rtol=1e-5, atol=1e-6)
     assert got[0] == 0

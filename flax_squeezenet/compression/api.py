@@ -35,8 +35,8 @@ def variant_name(module: SqueezeNet) -> str:
 
 
 def _flat(params: Any) -> dict[str, np.ndarray]:
-    flat = flax.traverse_util.flatten_dict(params)
-    return {"/".join(path): np.asarray(leaf, np.float32) for path, leaf in flat.items()}
+    flat = flax.traverse_util.flatten_dict(params, sep="/")
+    return {path: np.asarray(leaf, np.float32) for path, leaf in flat.items()}
 
 
 def _convert_input(flat: dict[str, np.ndarray], source: str, target: str) -> dict[str, np.ndarray]:
@@ -66,7 +66,7 @@ def _prune(
 ) -> dict[str, np.ndarray]:
     if density is None and not overrides:
         return flat
-    params = flax.traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in flat.items()})
+    params = flax.traverse_util.unflatten_dict(flat, sep="/")
     densities = pruning.layer_densities(params, 1.0 if density is None else density, overrides)
     pruned = jax.jit(pruning.apply_masks)(params, pruning.magnitude_masks(params, densities))
     return _flat(pruned)

@@ -40,20 +40,20 @@ class CompressedModel:
     def num_classes(self) -> int:
         return int(self.leaves["classifier/kernel"].shape[-1])
 
-    def _dense(self) -> dict[tuple[str, ...], np.ndarray]:
+    def _dense(self) -> dict[str, np.ndarray]:
         return {
-            tuple(path.split("/")): leaf.dense() if isinstance(leaf, SharedKernel) else np.asarray(leaf, np.float32)
+            path: leaf.dense() if isinstance(leaf, SharedKernel) else np.asarray(leaf, np.float32)
             for path, leaf in self.leaves.items()
         }  # fmt: skip
 
     def stored_params(self) -> dict[str, Any]:
         """The params as stored: for "caffe_bgr", conv1 still takes Caffe's input."""
-        return flax.traverse_util.unflatten_dict(self._dense())
+        return flax.traverse_util.unflatten_dict(self._dense(), sep="/")
 
     def params(self) -> dict[str, Any]:
         """The Flax params (float32 numpy) these weights decode to, taking torchvision's input."""
         flat = self._dense()
         if self.input_convention == "caffe_bgr":
-            kernel, bias = fold_caffe_input(flat["conv1", "kernel"].transpose(3, 2, 0, 1), flat["conv1", "bias"])
-            flat["conv1", "kernel"], flat["conv1", "bias"] = kernel.transpose(2, 3, 1, 0), bias
-        return flax.traverse_util.unflatten_dict(flat)
+            kernel, bias = fold_caffe_input(flat["conv1/kernel"].transpose(3, 2, 0, 1), flat["conv1/bias"])
+            flat["conv1/kernel"], flat["conv1/bias"] = kernel.transpose(2, 3, 1, 0), bias
+        return flax.traverse_util.unflatten_dict(flat, sep="/")

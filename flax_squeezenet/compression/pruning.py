@@ -96,9 +96,14 @@ class PruningState(NamedTuple):
 
 
 def prune_by_magnitude(
-    densities: Any, *, begin_step: int, end_step: int, frequency: int = 100
+    density: float | None = None,
+    overrides: Mapping[str, float] | None = None,
+    *,
+    begin_step: int,
+    end_step: int,
+    frequency: int = 100,
 ) -> optax.GradientTransformation:
-    """Prune gradually to `densities` (a tree like the params, see `layer_densities`).
+    """Prune gradually to the per-conv densities `layer_densities(params, density, overrides)`.
 
     Every `frequency` steps from `begin_step` to `end_step` the masks are recomputed from the
     magnitudes of the updated weights at the density of `cubic_density`. Chain it last: the
@@ -111,12 +116,14 @@ def prune_by_magnitude(
         )
 
     def init(params: Any) -> PruningState:
+        layer_densities(params, density, overrides)  # a bad override fails here, not in the first step
         masks = jax.tree_util.tree_map(lambda leaf: jnp.ones(leaf.shape, bool), params)
         return PruningState(jnp.zeros([], jnp.int32), masks)
 
     def update(updates: Any, state: PruningState, params: Any = None) -> tuple[Any, PruningState]:
         if params is None:
             raise ValueError("prune_by_magnitude needs the params: call update(updates, state, params)")
+        densities = layer_densities(params, density, overrides)
         step = state.count
         due = (step >= begin_step) & (step <= end_step) & ((step - begin_step) % frequency == 0)
 
