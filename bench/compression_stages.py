@@ -3,12 +3,15 @@
 Stages, each timed, sized and evaluated on the 750 labeled photos of ../shared/data/imagenet-photos
 (top-1 against the photo's WordNet ID; torchvision's eval transform, 224 crop):
   the paper's v1.0 file (.net), re-encoded with Huffman (8-bit, lossless), re-clustered to 6 and
-  4 bits + Huffman; torchvision squeezenet1_1 (the ncnn copy) as float32, 8-bit shared (no
-  pruning) and 6-bit shared + Huffman. Sizes are the written files; float32 is 4 bytes a parameter.
+  4 bits + Huffman, and at 6 bits with its codebooks fine-tuned (`finetune.distill_codebooks`) to
+  match the 8-bit model's logits on the 250 photos without an ImageNet-1k label; torchvision
+  squeezenet1_1 (the ncnn copy) as float32, 8-bit shared (no pruning) and 6-bit shared + Huffman.
+Sizes are the written files; float32 is 4 bytes a parameter.
 The paper's model runs with this repository's v1.0 module as `load_pretrained` builds it for the
 `.net` file (Caffe's input folded into conv1), so its accuracy depends on that module's semantics.
 
-    python bench/compression_stages.py                      # about 10 minutes on 2 busy cores
+    python bench/compression_stages.py                      # about 20 minutes on 2 busy cores
+    python bench/compression_stages.py --only distilled     # one stage
     python bench/compression_stages.py --limit 50           # a quick check of the script
 """
 
@@ -25,11 +28,30 @@ import numpy as np
 
 from flax_squeezenet import compiler_options, count_params, load_pretrained, preprocess
 from flax_squeezenet.compression import compress, save_compressed
+from flax_squeezenet.compression.finetune import distill_codebooks
 
 SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared"
 PAPER = "pretrained/deepcompression_squeezenet1_0.net"
 TORCHVISION = "pretrained/torchvision_squeezenet1_1.ncnn.param"
 BATCH = 50
+DISTILL_EPOCHS = 4
+DISTILL_LEARNING_RATE = 3e-3
+
+
+def unlabeled_photos(shared: pathlib.Path) -> list[pathlib.Path]:
+    """The photos without an ImageNet-1k class (disjoint from the evaluation photos)."""
+    wnids = set((shared / "data/imagenet_wnids.txt").read_text().split())
+    return sorted(p for p in (shared / "data/imagenet-photos").iterdir() if p.name.split("_")[0] not in wnids)
+
+
+def distilled(source: pathlib.Path, compressed, calibration: np.ndarray):
+    """`compressed` with codebooks fine-tuned towards the source model's logits on `calibration`."""
+    module, variables = load_pretrained(source)
+    apply = jax.jit(module.apply, compiler_options=compiler_options(module.dtype))
+    batches = range(0, len(calibration), BATCH)
+    reference = np.concatenate([apply(variables, calibration[i : i + BATCH]) for i in batches])
+    return distill_codebooks(module, compressed, reference, calibration, epochs=DISTILL_EPOCHS,
+                             learning_rate=DISTILL_LEARNING_RATE, progress=True)  # fmt: skip
 
 
 def labeled_photos(shared: pathlib.Path, limit: int | None) -> tuple[list[pathlib.Path], np.ndarray]:
@@ -55,6 +77,7 @@ def stages(shared: pathlib.Path):
         ("paper v1.0 .net (pruned, 8-bit)", paper, None),
         ("paper v1.0, Huffman-coded (8-bit, lossless)", paper, {"bits": 8}),
         ("paper v1.0, re-clustered to 6 bits + Huffman", paper, {"bits": 6}),
+        ("paper v1.0, re-clustered to 6 bits, codebooks distilled + Huffman", paper, {"bits": 6, "distill": True}),
         ("paper v1.0, re-clustered to 4 bits + Huffman", paper, {"bits": 4}),
         ("torchvision squeezenet1_1 (ncnn copy)", torchvision, None),
         ("squeezenet1_1, 8-bit shared + Huffman, no pruning", torchvision, {"bits": 8}),
@@ -66,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shared", type=pathlib.Path, default=SHARED, help="the shared data folder (../shared)")
     parser.add_argument("--limit", type=int, help="evaluate on the first N labeled photos only")
+    parser.add_argument("--only", metavar="TEXT", help="run only the stages whose name contains TEXT")
     args = parser.parse_args(argv)
     photos, labels = labeled_photos(args.shared, args.limit)
     start = time.perf_counter()
@@ -74,11 +98,18 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as workdir:
         for index, (name, source, options) in enumerate(stages(args.shared)):
+            if args.only and args.only not in name:
+                continue
             seconds = 0.0
             path = source
             if options is not None:
                 start = time.perf_counter()
-                path = save_compressed(compress(source, **options), pathlib.Path(workdir) / f"stage{index}.sqz")
+                options = dict(options)
+                distill = options.pop("distill", False)
+                compressed = compress(source, **options)
+                if distill:
+                    compressed = distilled(source, compressed, np.asarray(preprocess(unlabeled_photos(args.shared))))
+                path = save_compressed(compressed, pathlib.Path(workdir) / f"stage{index}.sqz")
                 seconds = time.perf_counter() - start
             start = time.perf_counter()
             module, variables = load_pretrained(path)

@@ -11,6 +11,7 @@ import pytest
 from conftest import require_shared
 from flax_squeezenet import load_pretrained, save_pretrained
 from flax_squeezenet.compression import compress, encoded_size, read_compressed, save_compressed
+from flax_squeezenet.compression.finetune import distill_codebooks
 from flax_squeezenet.deepcompression import load_deep_compression
 from flax_squeezenet.models import squeezenet1_0, squeezenet1_1
 
@@ -123,3 +124,20 @@ def test_torchvision_convention_weights_written_as_net(tmp_path):
     images = np.random.default_rng(0).standard_normal((2, 224, 224, 3)).astype(np.float32)
     expected = module.apply({"params": compressed.params()}, images)
     np.testing.assert_allclose(module.apply(variables, images), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_distilled_codebooks_move_the_logits_towards_the_reference(small):
+    directory, compressed = small
+    module, variables = load_pretrained(directory)
+    images = np.random.default_rng(1).standard_normal((8, 32, 32, 1)).astype(np.float32)
+    reference = np.asarray(module.apply(variables, images))
+
+    def distance(candidate):
+        return float(np.mean((np.asarray(module.apply({"params": candidate.params()}, images)) - reference) ** 2))
+
+    tuned = distill_codebooks(module, compressed, reference, images, epochs=20, batch_size=8, learning_rate=1e-3)
+    assert distance(tuned) < 0.8 * distance(compressed)
+    for path, leaf in tuned.leaves.items():
+        if path.endswith("kernel"):
+            np.testing.assert_array_equal(leaf.indices, compressed.leaves[path].indices)
+            assert leaf.codebook[0] == 0
