@@ -34,8 +34,6 @@ SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared"
 PAPER = "pretrained/deepcompression_squeezenet1_0.net"
 TORCHVISION = "pretrained/torchvision_squeezenet1_1.ncnn.param"
 BATCH = 50
-DISTILL_EPOCHS = 4
-DISTILL_LEARNING_RATE = 3e-3
 
 
 def unlabeled_photos(shared: pathlib.Path) -> list[pathlib.Path]:
@@ -44,14 +42,14 @@ def unlabeled_photos(shared: pathlib.Path) -> list[pathlib.Path]:
     return sorted(p for p in (shared / "data/imagenet-photos").iterdir() if p.name.split("_")[0] not in wnids)
 
 
-def distilled(source: pathlib.Path, compressed, calibration: np.ndarray):
+def distilled(source: pathlib.Path, compressed, calibration: np.ndarray, epochs: int, learning_rate: float):
     """`compressed` with codebooks fine-tuned towards the source model's logits on `calibration`."""
     module, variables = load_pretrained(source)
     apply = jax.jit(module.apply, compiler_options=compiler_options(module.dtype))
     batches = range(0, len(calibration), BATCH)
     reference = np.concatenate([apply(variables, calibration[i : i + BATCH]) for i in batches])
-    return distill_codebooks(module, compressed, reference, calibration, epochs=DISTILL_EPOCHS,
-                             learning_rate=DISTILL_LEARNING_RATE, progress=True)  # fmt: skip
+    return distill_codebooks(module, compressed, reference, calibration, epochs=epochs,
+                             learning_rate=learning_rate, progress=True)  # fmt: skip
 
 
 def labeled_photos(shared: pathlib.Path, limit: int | None) -> tuple[list[pathlib.Path], np.ndarray]:
@@ -90,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shared", type=pathlib.Path, default=SHARED, help="the shared data folder (../shared)")
     parser.add_argument("--limit", type=int, help="evaluate on the first N labeled photos only")
     parser.add_argument("--only", metavar="TEXT", help="run only the stages whose name contains TEXT")
+    parser.add_argument("--distill-epochs", type=int, default=2, help="epochs over the unlabeled photos (2)")
+    parser.add_argument("--distill-learning-rate", type=float, default=1e-3, help="Adam's rate for the codebooks")
     args = parser.parse_args(argv)
     photos, labels = labeled_photos(args.shared, args.limit)
     start = time.perf_counter()
@@ -108,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
                 distill = options.pop("distill", False)
                 compressed = compress(source, **options)
                 if distill:
-                    compressed = distilled(source, compressed, np.asarray(preprocess(unlabeled_photos(args.shared))))
+                    calibration = np.asarray(preprocess(unlabeled_photos(args.shared)))
+                    compressed = distilled(source, compressed, calibration, args.distill_epochs,
+                                           args.distill_learning_rate)  # fmt: skip
                 path = save_compressed(compressed, pathlib.Path(workdir) / f"stage{index}.sqz")
                 seconds = time.perf_counter() - start
             start = time.perf_counter()

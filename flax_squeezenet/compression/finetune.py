@@ -59,7 +59,8 @@ def distill_codebooks(
         params = flax.traverse_util.unflatten_dict({**fixed, **kernels}, sep="/")
         grads = flax.traverse_util.flatten_dict(jax.grad(loss)(params, batch, targets), sep="/")
         codebook_grads = {
-            path: centroid_gradients(grads[path], indices[path], codebook.shape[0]) for path, codebook in codebooks.items()
+            path: centroid_gradients(grads[path], indices[path], codebook.shape[0])
+            for path, codebook in codebooks.items()
         }  # fmt: skip
         updates, opt_state = optimizer.update(codebook_grads, opt_state, codebooks)
         return optax.apply_updates(codebooks, updates), opt_state
