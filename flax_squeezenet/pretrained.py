@@ -249,6 +249,10 @@ def _read_weights(name_or_path: str | os.PathLike, cache_override) -> tuple[str,
     elif path.suffix == ".net":
         model, kwargs, params = deepcompression.load_deep_compression(path)
         return model, kwargs, {"params": params}
+    elif path.suffix == ".sqz":
+        from flax_squeezenet.compression.fileformat import read_weights  # keeps `import flax_squeezenet` light
+
+        return read_weights(path)
     else:
         model, params = convert.from_torchvision(pth.load_pth(path))
     return model, {}, {"params": params}

@@ -1,0 +1,25 @@
+"""Deep Compression (Han et al. 2016) for SqueezeNet: magnitude pruning, weight sharing by k-means,
+Huffman-coded relative sparse indices, the `.sqz` file `load_pretrained` reads and the paper's
+`.net` file.
+
+- api: `compress(weights, bits=..., density=...)`, `save_compressed(compressed, path)`.
+- pruning: masks, the cubic schedule, and `prune_by_magnitude`, an optax transformation for training.
+- sharing, kmeans: shared-weight kernels and the centroids' fine-tuning gradients.
+- sparse, huffman, fileformat, netfile: the encodings and the two file formats.
+"""
+
+from flax_squeezenet.compression.api import FORMATS, compress, encoded_size, read_source, save_compressed
+from flax_squeezenet.compression.compressed import CompressedModel
+from flax_squeezenet.compression.fileformat import read_compressed
+from flax_squeezenet.compression.sharing import SharedKernel
+
+__all__ = [
+    "FORMATS",
+    "CompressedModel",
+    "SharedKernel",
+    "compress",
+    "encoded_size",
+    "read_compressed",
+    "read_source",
+    "save_compressed",
+]
