@@ -81,3 +81,7 @@ def test_info_command_prints_the_table(capsys):
     assert out.count("Fire ") == 8
     assert info.main(["--model", "squeezenet1_1", "--image-size", "8"]) == 1
     assert "at least 17 pixels" in capsys.readouterr().err
+    assert info.main(["--model", "squeezenet1_0", "--image-size", "227", "--classifier-padding", "1"]) == 0
+    assert re.search(r"^classifier +Conv 1x1/1 pad 1 \+ ReLU +\(1, 15, 15, 1000\)", capsys.readouterr().out, re.MULTILINE)
+    assert info.main(["--model", "squeezenet1_0", "--classifier-padding", "-1"]) == 1
+    assert "classifier_padding >= 0" in capsys.readouterr().err
