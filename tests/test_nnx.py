@@ -165,6 +165,16 @@ def test_submodules_are_the_layer_plan():
     assert model.classifier.padding == ((2, 2), (2, 2))
 
 
+@pytest.mark.parametrize("module, kept, expected", [
+    (fsq.squeezenet1_1(), (), {"fire3", "fire5"}),
+    (fsq.squeezenet1_0_simple_bypass(), (), {"fire4", "fire8"}),
+    (fsq.squeezenet1_0_complex_bypass(), (), set()),
+    (fsq.squeezenet1_1(), ("fire3",), {"fire5"}),
+])  # fmt: skip
+def test_fire_layers_pool_their_branches_only_without_shortcut_or_kept_output(module, kept, expected):
+    assert fsq.layers.self_pooling_fires(module.plan, kept) == expected
+
+
 def test_bad_options_are_refused_as_in_linen():
     with pytest.raises(ValueError, match="classifier_padding >= 0"):
         fsq_nnx.squeezenet1_1(classifier_padding=-1, rngs=nnx.Rngs(0))
