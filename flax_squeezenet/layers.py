@@ -10,7 +10,7 @@ reference all iterate it, so a new layer option is added here once.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from typing import Literal
 
 from flax_squeezenet.ops import pooled_size
@@ -165,6 +165,17 @@ def convolutions(plan: Sequence[Layer]) -> Iterator[Convolution]:
         yield from layer.convs
         if layer.shortcut_conv is not None:
             yield layer.shortcut_conv
+
+
+def self_pooling_fires(plan: Sequence[Layer], kept: Collection[str] = ()) -> frozenset[str]:
+    """The Fire layers that pool their own branches (`ops.max_pool_3x3_ceil_concat`), so the pool
+    after them passes its input on: those followed by a pool, without a shortcut, and not in `kept`
+    (layers whose unpooled output is returned)."""
+    return frozenset(
+        layer.name
+        for layer, after in zip(plan, plan[1:])
+        if layer.kind == "fire" and layer.shortcut == "none" and after.kind == "max_pool" and layer.name not in kept
+    )
 
 
 def stage_features(plan: Sequence[Layer]) -> dict[str, StageFeature]:

@@ -150,18 +150,18 @@ class SqueezeNet(nn.Module):
         *backbone, classifier = plan
         wanted = layers.stage_features(plan).items() if output == "stages" else ()
         keep = {feature.layer: key for key, feature in wanted}
+        self_pooling = layers.self_pooling_fires(plan, keep)
         x, features = jnp.asarray(x, self.dtype), {}
         options = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         pooled = False  # whether the Fire layer before this pool has pooled already
-        for layer, next_layer in zip(backbone, [*backbone[1:], None]):
+        for layer in backbone:
             if layer.kind == "conv":
                 x = nn.relu(conv_module(layer.convs[0], kernel_init=kaiming_uniform, **options)(x))
             elif layer.kind == "max_pool":
                 x = x if pooled else ops.max_pool_3x3_ceil(x)
                 pooled = False
             else:
-                then_pool = layer.name not in keep and next_layer is not None and next_layer.kind == "max_pool"
-                x, pooled = self._fire(layer, x, then_pool)
+                x, pooled = self._fire(layer, x, layer.name in self_pooling)
             if layer.name in keep:
                 features[keep[layer.name]] = x
         if output == "stages":

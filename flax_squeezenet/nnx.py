@@ -21,26 +21,26 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from flax_squeezenet import models, pretrained
-from flax_squeezenet.layers import Bypass
+from flax_squeezenet import layers, models, pretrained
+from flax_squeezenet.layers import Bypass, Convolution, Layer, StageFeature
 from flax_squeezenet.models import Dtype, kaiming_uniform
 from flax_squeezenet.ops import conv_1x1_as_matmul, max_pool_3x3_ceil, max_pool_3x3_ceil_concat
-from flax_squeezenet.stages import V1_0, V1_1, ConvStage as Conv, FireStage as Fire, PoolStage as MaxPool, Stage
+from flax_squeezenet.stages import V1_0, V1_1, FireStage, Stage
 
 from flax_squeezenet.pretrained import _check_shapes as check_shapes
 
 Output = Literal["logits", "pooled", "feature_map", "stages"]
 OUTPUTS = ("logits", "pooled", "feature_map", "stages")
-CONFIG_FIELDS = ("stages", "num_classes", "dropout_rate", "in_channels", "bypass", "dtype", "param_dtype")
+CONFIG_FIELDS = ("stages", "num_classes", "dropout_rate", "in_channels", "bypass", "classifier_padding", "dtype",
+                 "param_dtype")  # fmt: skip
 
 
-def _conv(
-    in_features: int, out_features: int, kernel: int, stride: int = 1, *, padding: Any = "VALID", **options: Any
-) -> nnx.Conv:
-    """An nnx.Conv with a square kernel; a 1x1 stride-1 one is computed as a matrix product."""
-    if kernel == 1 and stride == 1:
-        options["conv_general_dilated"] = conv_1x1_as_matmul
-    return nnx.Conv(in_features, out_features, (kernel, kernel), (stride, stride), padding=padding, **options)
+def conv_module(conv: Convolution, **options: Any) -> nnx.Conv:
+    """The `nnx.Conv` of a plan convolution; 1x1 stride-1 convolutions are computed as matrix
+    products (`ops.conv_1x1_as_matmul`, same parameters), as in the linen module."""
+    fast = {"conv_general_dilated": conv_1x1_as_matmul} if (conv.kernel, conv.stride) == (1, 1) else {}
+    return nnx.Conv(conv.in_channels, conv.out_channels, (conv.kernel,) * 2, (conv.stride,) * 2,
+                    padding=((conv.padding,) * 2,) * 2, **fast, **options)  # fmt: skip
 
 
 class FireModule(nnx.Module):
@@ -59,9 +59,8 @@ class FireModule(nnx.Module):
         rngs: nnx.Rngs,
     ):
         options = dict(dtype=dtype, param_dtype=param_dtype, kernel_init=kernel_init, rngs=rngs)
-        self.squeeze = _conv(in_features, squeeze, 1, **options)
-        self.expand1x1 = _conv(squeeze, expand1x1, 1, **options)
-        self.expand3x3 = _conv(squeeze, expand3x3, 3, padding=((1, 1), (1, 1)), **options)
+        convs = layers.fire_convolutions("fire", FireStage(squeeze, expand1x1, expand3x3), in_features)
+        self.squeeze, self.expand1x1, self.expand3x3 = (conv_module(conv, **options) for conv in convs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return jnp.concatenate(self.branches(x), axis=-1)
@@ -72,9 +71,22 @@ class FireModule(nnx.Module):
         return nnx.relu(self.expand1x1(x)), nnx.relu(self.expand3x3(x))
 
 
-def fire_names(stages: Sequence[Stage]) -> list[str]:
-    """The attribute name of each Fire stage in order: fire2, fire3, ... (the paper's numbering)."""
-    return [f"fire{index}" for index in range(2, 2 + sum(isinstance(stage, Fire) for stage in stages))]
+def apply_layer(layer: Layer, modules: Sequence[nnx.Module], x: jax.Array, pool_branches: bool = False) -> jax.Array:
+    """The output of a plan layer other than the classifier, given its modules (`layer_modules`).
+
+    With `pool_branches`, a Fire layer without shortcut returns its output max-pooled (the pool
+    after it then passes its input on: `layers.self_pooling_fires`).
+    """
+    if layer.kind == "max_pool":
+        return max_pool_3x3_ceil(x)
+    if layer.kind == "conv":
+        return nnx.relu(modules[0](x))
+    fire = modules[0]
+    if layer.shortcut == "identity":
+        return fire(x) + x
+    if layer.shortcut == "projection":
+        return fire(x) + modules[1](x)
+    return max_pool_3x3_ceil_concat(fire.branches(x)) if pool_branches else fire(x)
 
 
 class SqueezeNet(nnx.Module):
@@ -82,8 +94,12 @@ class SqueezeNet(nnx.Module):
 
     Args:
       stages: the layers before the classifier (`V1_0`, `V1_1`, `models.metaparameter_stages(...)`).
-      num_classes, dropout_rate, in_channels, bypass, dtype, param_dtype: as in the linen module.
+      num_classes, dropout_rate, in_channels, bypass, classifier_padding, dtype, param_dtype: as in
+        the linen module.
       rngs: initialises the parameters and drives dropout (stream "dropout", else "default").
+
+    Raises:
+      ValueError: an option is out of range (as `layers.layer_plan` says).
     """
 
     def __init__(
@@ -93,72 +109,79 @@ class SqueezeNet(nnx.Module):
         dropout_rate: float = 0.5,
         in_channels: int = 3,
         bypass: Bypass = "none",
+        classifier_padding: int = 0,
         dtype: Dtype = jnp.float32,
         param_dtype: Dtype = jnp.float32,
         *,
         rngs: nnx.Rngs,
     ):
-        if bypass not in ("none", "simple", "complex"):
-            raise ValueError(f"expected bypass 'none', 'simple' or 'complex', got {bypass!r}")
+        plan = layers.layer_plan(stages, in_channels, num_classes, bypass, classifier_padding)
         self.stages, self.num_classes, self.dropout_rate = tuple(stages), num_classes, dropout_rate
-        self.in_channels, self.bypass, self.dtype, self.param_dtype = in_channels, bypass, dtype, param_dtype
+        self.in_channels, self.bypass, self.classifier_padding = in_channels, bypass, classifier_padding
+        self.dtype, self.param_dtype = dtype, param_dtype
         options = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        channels, names = in_channels, iter(fire_names(self.stages))
-        for stage in self.stages:
-            if isinstance(stage, Conv):
-                self.conv1 = _conv(channels, stage.features, stage.kernel, stage.stride,
-                                   kernel_init=kaiming_uniform, **options)  # fmt: skip
-                channels = stage.features
-            elif isinstance(stage, Fire):
-                name = next(names)
-                setattr(self, name, FireModule(channels, stage.squeeze, stage.expand1x1, stage.expand3x3, **options))
-                if bypass == "complex" and channels != stage.features:
-                    setattr(self, f"{name}_bypass", _conv(channels, stage.features, 1, kernel_init=kaiming_uniform, **options))
-                channels = stage.features
+        *backbone, classifier = plan
+        for layer in backbone:
+            if layer.kind == "conv":
+                setattr(self, layer.name, conv_module(layer.convs[0], kernel_init=kaiming_uniform, **options))
+            elif layer.kind == "fire":
+                filters = (conv.out_channels for conv in layer.convs)
+                setattr(self, layer.name, FireModule(layer.in_channels, *filters, **options))
+            if layer.shortcut_conv is not None:
+                shortcut = conv_module(layer.shortcut_conv, kernel_init=kaiming_uniform, **options)
+                setattr(self, layer.shortcut_conv.path[-1], shortcut)
         self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
-        self.classifier = _conv(channels, num_classes, 1, kernel_init=jax.nn.initializers.normal(0.01), **options)
+        self.classifier = conv_module(classifier.convs[0], kernel_init=jax.nn.initializers.normal(0.01), **options)
 
     @property
     def config(self) -> dict[str, Any]:
         """The constructor's arguments but `rngs`: `SqueezeNet(**model.config, rngs=...)` rebuilds it."""
         return {name: getattr(self, name) for name in CONFIG_FIELDS}
 
+    @property
+    def plan(self) -> tuple[Layer, ...]:
+        """The layers this module computes, in order (see `flax_squeezenet.layers.layer_plan`)."""
+        return layers.layer_plan(self.stages, self.in_channels, self.num_classes, self.bypass, self.classifier_padding)
+
+    @property
+    def feature_info(self) -> dict[str, StageFeature]:
+        """For each key of `model(x, output="stages")`: its layer, channels and stride."""
+        return layers.feature_info(self.stages, self.in_channels)
+
+    def layer_modules(self, layer: Layer) -> tuple[nnx.Module, ...]:
+        """The submodules holding `layer`'s parameters: its conv or Fire module, then its shortcut
+        conv if it has one; none for a pool."""
+        names = [conv.path[0] for conv in layer.convs[:1]]
+        if layer.shortcut_conv is not None:
+            names.append(layer.shortcut_conv.path[-1])
+        return tuple(getattr(self, name) for name in names)
+
     def linen_module(self) -> models.SqueezeNet:
         """The linen module computing what this one computes, for the same parameter tree."""
         return models.SqueezeNet(**self.config)
 
     def __call__(self, x: jax.Array, *, output: Output = "logits") -> jax.Array | dict[str, jax.Array]:
-        """Class logits (N, num_classes), or with `output` the features for a new head:
-        "pooled" (N, C), "feature_map" (N, H, W, C), or "stages": {"stride2", "stride4", "stride8",
-        "stride16"}, each the last feature map (NHWC) at that stride before the pool that halves it."""
+        """Class logits (N, num_classes) float32, or with `output` the features for a new head, as
+        the linen module's: "pooled" (N, C) float32, "feature_map" (N, H, W, C), or "stages":
+        `{"stride2": ..., ...}`, at each stride the last conv or Fire module's output before the
+        pool that halves it (`feature_info` lists them), NHWC in `dtype`."""
         if output not in OUTPUTS:
             raise ValueError(f"expected output {', '.join(map(repr, OUTPUTS))}, got {output!r}")
+        plan = self.plan
         self.linen_module()._check_input(x)
-        x = jnp.asarray(x, self.dtype)
-        by_stride: dict[str, jax.Array] = {}
-        stride, pooled, names = 1, False, iter(fire_names(self.stages))
-        for stage, next_stage in zip(self.stages, [*self.stages[1:], None]):
-            if isinstance(stage, Conv):
-                x = nnx.relu(self.conv1(x))
-                stride *= stage.stride
-            elif isinstance(stage, MaxPool):
-                x = x if pooled else max_pool_3x3_ceil(x)
-                pooled, stride = False, stride * 2
-                continue
-            else:
-                name = next(names)
-                fire = getattr(self, name)
-                if self.bypass != "none" and x.shape[-1] == stage.features:
-                    x = fire(x) + x
-                elif self.bypass == "complex":
-                    x = fire(x) + getattr(self, f"{name}_bypass")(x)
-                elif isinstance(next_stage, MaxPool) and output != "stages":
-                    x, pooled = max_pool_3x3_ceil_concat(fire.branches(x)), True
-                else:
-                    x = fire(x)
-            by_stride[f"stride{stride}"] = x
+        *backbone, _ = plan
+        wanted = layers.stage_features(plan).items() if output == "stages" else ()
+        keep = {feature.layer: key for key, feature in wanted}
+        self_pooling = layers.self_pooling_fires(plan, keep)
+        x, features, previous = jnp.asarray(x, self.dtype), {}, None
+        for layer in backbone:
+            if not (layer.kind == "max_pool" and previous in self_pooling):
+                x = apply_layer(layer, self.layer_modules(layer), x, layer.name in self_pooling)
+            if layer.name in keep:
+                features[keep[layer.name]] = x
+            previous = layer.name
         if output == "stages":
-            return by_stride
+            return features
         if output == "feature_map":
             return x
         if output == "pooled":

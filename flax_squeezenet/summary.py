@@ -17,14 +17,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from flax_squeezenet import models
+from flax_squeezenet import layers, models
 from flax_squeezenet import nnx as fsq_nnx
-from flax_squeezenet.stages import ConvStage as Conv, FireStage as Fire
 
 
 @dataclasses.dataclass(frozen=True)
-class Layer:
-    """One row of the table."""
+class Row:
+    """One row of the table: a layer of the plan (the classifier's global average on its own row)."""
 
     name: str
     kind: str
@@ -38,20 +37,20 @@ class Summary:
     """The layers in network order; `str()` is the printed table."""
 
     input_shape: tuple[int, ...]
-    layers: tuple[Layer, ...]
+    layers: tuple[Row, ...]
 
     @property
     def total_params(self) -> int:
-        return sum(layer.params for layer in self.layers)
+        return sum(row.params for row in self.layers)
 
     @property
     def total_flops(self) -> int:
-        return sum(layer.flops for layer in self.layers)
+        return sum(row.flops for row in self.layers)
 
     def __str__(self) -> str:
         header = ("layer", "type", "output shape", "params", "FLOPs")
-        rows = [(layer.name, layer.kind, str(layer.output_shape), f"{layer.params:,}", f"{layer.flops:,}")
-                for layer in self.layers]  # fmt: skip
+        rows = [(row.name, row.kind, str(row.output_shape), f"{row.params:,}", f"{row.flops:,}")
+                for row in self.layers]  # fmt: skip
         footer = ("total", f"input {self.input_shape}", "", f"{self.total_params:,}", f"{self.total_flops:,}")
         widths = [max(len(row[i]) for row in [header, *rows, footer]) for i in range(len(header))]
 
@@ -83,29 +82,29 @@ def _cost(module: nnx.Module | None, apply: Callable, x: jax.ShapeDtypeStruct) -
     return output, params, int(flops)
 
 
-def _layers(model: fsq_nnx.SqueezeNet) -> list[tuple[str, str, nnx.Module | None, Callable]]:
-    """(name, type, module, apply) for each layer in network order."""
-    layers, names, pools = [], iter(fsq_nnx.fire_names(model.stages)), 0
-    for stage in model.stages:
-        if isinstance(stage, Conv):
-            kind = f"Conv {stage.kernel}x{stage.kernel}/{stage.stride} + ReLU"
-            layers.append(("conv1", kind, model.conv1, lambda m, x: nnx.relu(m(x))))
-        elif isinstance(stage, Fire):
-            name = next(names)
-            kind = f"Fire {stage.squeeze}/{stage.expand1x1}/{stage.expand3x3}"
-            if model.bypass == "complex" and hasattr(model, f"{name}_bypass"):
-                layers.append((name, kind + " + 1x1 bypass", nnx.List([getattr(model, name), getattr(model, f"{name}_bypass")]),
-                               lambda m, x: m[0](x) + m[1](x)))  # fmt: skip
-            elif model.bypass != "none" and stage.features == getattr(model, name).squeeze.in_features:
-                layers.append((name, kind + " + identity bypass", getattr(model, name), lambda m, x: m(x) + x))
-            else:
-                layers.append((name, kind, getattr(model, name), lambda m, x: m(x)))
-        else:
-            pools += 1
-            layers.append((f"pool{pools}", "MaxPool 3x3/2", None, lambda m, x: fsq_nnx.max_pool_3x3_ceil(x)))
-    layers.append(("classifier", "Conv 1x1 + ReLU", model.classifier, lambda m, x: nnx.relu(m(x))))
-    layers.append(("avgpool", "global average", None, lambda m, x: jnp.mean(x.astype(jnp.float32), axis=(1, 2))))
-    return layers
+def _kind(layer: layers.Layer) -> str:
+    """The table's type column for a plan layer."""
+    if layer.kind == "max_pool":
+        return "MaxPool 3x3/2"
+    if layer.kind == "fire":
+        squeeze, expand1x1, expand3x3 = (conv.out_channels for conv in layer.convs)
+        bypass = {"identity": " + identity bypass", "projection": " + 1x1 bypass", "none": ""}[layer.shortcut]
+        return f"Fire {squeeze}/{expand1x1}/{expand3x3}{bypass}"
+    padding = f" pad {layer.padding}" if layer.padding else ""
+    return f"Conv {layer.kernel}x{layer.kernel}/{layer.stride}{padding} + ReLU"
+
+
+def _rows(model: fsq_nnx.SqueezeNet) -> list[tuple[str, str, nnx.Module | None, Callable]]:
+    """(name, type, module, apply) for each layer of the plan in network order, then the average."""
+    *backbone, classifier = model.plan
+    rows = []
+    for layer in backbone:
+        modules = model.layer_modules(layer)
+        apply = lambda m, x, layer=layer: fsq_nnx.apply_layer(layer, m, x)  # noqa: E731
+        rows.append((layer.name, _kind(layer), nnx.List(modules) if modules else None, apply))
+    rows.append((classifier.name, _kind(classifier), model.classifier, lambda m, x: nnx.relu(m(x))))
+    rows.append(("avgpool", "global average", None, lambda m, x: jnp.mean(x.astype(jnp.float32), axis=(1, 2))))
+    return rows
 
 
 def summarize(model: models.SqueezeNet | fsq_nnx.SqueezeNet, input_shape: Sequence[int] = (1, 224, 224, 3)) -> Summary:
@@ -119,9 +118,9 @@ def summarize(model: models.SqueezeNet | fsq_nnx.SqueezeNet, input_shape: Sequen
     abstract.linen_module()._check_input(x)
     x = jax.ShapeDtypeStruct(input_shape, abstract.dtype)
     rows = []
-    for name, kind, module, apply in _layers(abstract):
+    for name, kind, module, apply in _rows(abstract):
         x, params, flops = _cost(module, apply, x)
-        rows.append(Layer(name, kind, tuple(x.shape), params, flops))
+        rows.append(Row(name, kind, tuple(x.shape), params, flops))
     return Summary(input_shape, tuple(rows))
 
 

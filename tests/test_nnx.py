@@ -1,5 +1,7 @@
 """NNX modules: same numbers as the linen modules, conversion both ways, pretrained loads, fine-tuning."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -27,6 +29,7 @@ VARIANTS = {
     "squeezenet1_0_simple_bypass": fsq.squeezenet1_0_simple_bypass(),
     "squeezenet1_0_complex_bypass": fsq.squeezenet1_0_complex_bypass(),
     "metaparameters": fsq.squeezenet_metaparameters(base_e=64, incr_e=32, pct3x3=0.25, freq=1, sr=0.25, num_classes=7),
+    "classifier_padding": fsq.squeezenet1_0_complex_bypass(num_classes=7, classifier_padding=1),
 }
 PHOTOS = ("images/cat.jpg", "data/imagenet-photos/n01443537_2625_goldfish.jpg",
           "data/imagenet-photos/n00007846_147031_person.jpg")  # fmt: skip
@@ -129,11 +132,54 @@ def test_nnx_pretrained_ncnn_classifies_like_linen(photos):
     assert int(np.argmax(logits[1])) == 1, "goldfish"
 
 
-def test_nnx_pretrained_from_deep_compression_file():
+def test_nnx_pretrained_from_deep_compression_file_classifies_like_linen(photos):
     path = require_shared("pretrained/deepcompression_squeezenet1_0.net")
+    module, variables = fsq.load_pretrained(path)
     model = fsq_nnx.load_pretrained(path)
-    assert model.stages == fsq.V1_0
-    assert_trees_equal(fsq_nnx.to_linen(model)[1], fsq.load_pretrained(path)[1])
+    assert (model.stages, model.classifier_padding) == (fsq.V1_0, 1)
+    assert model.classifier.padding == ((1, 1), (1, 1))
+    assert_trees_equal(fsq_nnx.to_linen(model)[1], variables)
+    logits = nnx.jit(lambda m, x: m(x))(model, photos)
+    np.testing.assert_allclose(logits, jax.jit(module.apply)(variables, photos), rtol=0, atol=1e-5)
+    unpadded = module.clone(classifier_padding=0).apply(variables, photos)
+    assert not np.allclose(logits, unpadded, atol=1e-3), "the padded border changes the logits"
+
+
+def test_padded_classifier_round_trips_and_changes_the_logits():
+    module = VARIANTS["classifier_padding"]
+    variables, model = linen_and_nnx(module)
+    assert fsq_nnx.to_linen(model)[0] == module
+    images = jax.random.normal(jax.random.key(6), (2, 48, 48, 3))
+    unpadded = fsq_nnx.to_nnx(module.clone(classifier_padding=0), variables)
+    unpadded.eval()
+    assert not np.allclose(model(images), unpadded(images), atol=1e-4)
+
+
+def test_submodules_are_the_layer_plan():
+    model = nnx.eval_shape(lambda: fsq_nnx.squeezenet1_0(bypass="complex", classifier_padding=2, rngs=nnx.Rngs(0)))
+    for conv in fsq.layers.convolutions(model.plan):
+        module = functools.reduce(getattr, conv.path, model)
+        assert (module.in_features, module.out_features) == (conv.in_channels, conv.out_channels), conv.name
+        assert (module.kernel_size, module.strides) == ((conv.kernel,) * 2, (conv.stride,) * 2), conv.name
+        assert module.padding == ((conv.padding,) * 2,) * 2, conv.name
+    assert model.classifier.padding == ((2, 2), (2, 2))
+
+
+@pytest.mark.parametrize("module, kept, expected", [
+    (fsq.squeezenet1_1(), (), {"fire3", "fire5"}),
+    (fsq.squeezenet1_0_simple_bypass(), (), {"fire4", "fire8"}),
+    (fsq.squeezenet1_0_complex_bypass(), (), set()),
+    (fsq.squeezenet1_1(), ("fire3",), {"fire5"}),
+])  # fmt: skip
+def test_fire_layers_pool_their_branches_only_without_shortcut_or_kept_output(module, kept, expected):
+    assert fsq.layers.self_pooling_fires(module.plan, kept) == expected
+
+
+def test_bad_options_are_refused_as_in_linen():
+    with pytest.raises(ValueError, match="classifier_padding >= 0"):
+        fsq_nnx.squeezenet1_1(classifier_padding=-1, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="expected bypass"):
+        fsq_nnx.squeezenet1_1(bypass="full", rngs=nnx.Rngs(0))
 
 
 def test_nnx_pretrained_from_pth_name_and_saved_directory(http_server, tmp_path, monkeypatch):  # noqa: F811

@@ -27,6 +27,7 @@ def whole_model_cost(module, input_shape):
         (fsq.squeezenet1_0_complex_bypass(), (1, 224, 224, 3)),
         (fsq.squeezenet1_0_simple_bypass(num_classes=10, in_channels=1), (2, 64, 64, 1)),
         (fsq.squeezenet_metaparameters(pct3x3=0.25, sr=0.25), (1, 96, 80, 3)),
+        (fsq.squeezenet1_0(num_classes=10, classifier_padding=1), (1, 64, 64, 3)),
     ],
 )
 def test_totals_equal_count_params_and_xla_cost_analysis(module, input_shape):
@@ -52,9 +53,20 @@ def test_nnx_model_gives_the_same_table_and_rows_are_in_network_order():
     model = nnx.eval_shape(lambda: fsq_nnx.squeezenet1_1(num_classes=10, rngs=nnx.Rngs(0)))
     assert summarize(model, (1, 64, 64, 3)) == linen
     names = [layer.name for layer in linen.layers]
-    assert names == ["conv1", "pool1", "fire2", "fire3", "pool2", "fire4", "fire5", "pool3",
+    assert names == [layer.name for layer in fsq.squeezenet1_1().plan] + ["avgpool"]
+    assert names == ["conv1", "pool1", "fire2", "fire3", "pool3", "fire4", "fire5", "pool5",
                      "fire6", "fire7", "fire8", "fire9", "classifier", "avgpool"]  # fmt: skip
     assert linen.layers[names.index("fire2")].output_shape == (1, 15, 15, 128)
+
+
+def test_padded_classifier_row_and_bypass_kinds_come_from_the_plan():
+    table = summarize(fsq.squeezenet1_0_complex_bypass(num_classes=10, classifier_padding=1), (1, 64, 64, 3))
+    rows = {layer.name: layer for layer in table.layers}
+    assert rows["classifier"].kind == "Conv 1x1/1 pad 1 + ReLU"
+    assert rows["classifier"].output_shape == (1, 5, 5, 10), "the 3x3 map padded by 1 on each side"
+    assert rows["fire2"].kind == "Fire 16/64/64 + 1x1 bypass"
+    assert rows["fire3"].kind == "Fire 16/64/64 + identity bypass"
+    assert rows["fire2"].params == 96 * 16 + 16 + 16 * 64 + 64 + 16 * 9 * 64 + 64 + 96 * 128 + 128
 
 
 def test_too_small_input_is_refused():
@@ -69,3 +81,7 @@ def test_info_command_prints_the_table(capsys):
     assert out.count("Fire ") == 8
     assert info.main(["--model", "squeezenet1_1", "--image-size", "8"]) == 1
     assert "at least 17 pixels" in capsys.readouterr().err
+    assert info.main(["--model", "squeezenet1_0", "--image-size", "227", "--classifier-padding", "1"]) == 0
+    assert re.search(r"^classifier +Conv 1x1/1 pad 1 \+ ReLU +\(1, 15, 15, 1000\)", capsys.readouterr().out, re.MULTILINE)
+    assert info.main(["--model", "squeezenet1_0", "--classifier-padding", "-1"]) == 1
+    assert "classifier_padding >= 0" in capsys.readouterr().err

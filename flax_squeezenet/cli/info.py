@@ -23,6 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default="squeezenet1_1", help=f"the variant ({', '.join(MODELS)}; default squeezenet1_1)")
     parser.add_argument("--num-classes", type=int, default=1000, metavar="N", help="classifier outputs (default 1000)")
     parser.add_argument("--in-channels", type=int, default=3, metavar="C", help="input channels (default 3)")
+    parser.add_argument("--classifier-padding", type=int, default=0, metavar="P",
+                        help="zero padding of the classifier conv (default 0; Caffe's, the paper's: 1)")  # fmt: skip
     parser.add_argument("--image-size", type=int, default=224, metavar="PIXELS", help="input height and width (default 224)")
     parser.add_argument("--batch-size", type=int, default=1, metavar="N", help="images per batch (default 1)")
     return parser
@@ -31,7 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        model = create_model(args.model, num_classes=args.num_classes, in_channels=args.in_channels)
+        model = create_model(
+            args.model, num_classes=args.num_classes, in_channels=args.in_channels, classifier_padding=args.classifier_padding
+        )
         summary(model, (args.batch_size, args.image_size, args.image_size, args.in_channels))
     except ValueError as error:
         print(f"{PROG}: {error}", file=sys.stderr)
