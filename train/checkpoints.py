@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import pathlib
+import shutil
 from typing import Any, Optional
 
 import grain
@@ -76,6 +77,63 @@ def restore(
     return manager.restore(step, args=ocp.args.Composite(**items))["state"]
 
 
+class CheckpointMismatchError(ValueError):
+    """A readable checkpoint holds arrays of other shapes or dtypes than the run's state."""
+
+
+class UnreadableCheckpointError(ValueError):
+    """A checkpoint's files are missing or damaged."""
+
+
+def _path_name(path: tuple) -> str:
+    """A tree path as dotted names ("opt_state.1.0.count"), the same for a TrainState and Orbax's metadata tree."""
+    parts = (getattr(k, "name", getattr(k, "key", getattr(k, "idx", k))) for k in path)
+    return ".".join(str(p) for p in parts)
+
+
+def _saved_shapes(directory: pathlib.Path) -> dict[str, tuple]:
+    """{name: (shape, dtype)} of the arrays saved in the state item `directory`; UnreadableCheckpointError if unreadable."""
+    try:
+        with ocp.StandardCheckpointer() as checkpointer:
+            metadata = checkpointer.metadata(directory).item_metadata
+        leaves = jax.tree_util.tree_leaves_with_path(metadata)
+        shapes = {_path_name(path): (tuple(leaf.shape), str(leaf.dtype)) for path, leaf in leaves}
+        if not shapes:
+            raise ValueError("no array metadata")
+        return shapes
+    except Exception as error:  # noqa: BLE001 - whatever Orbax raises on damaged files, the step is unreadable
+        raise UnreadableCheckpointError(
+            f"checkpoint {directory.parent} is unreadable ({type(error).__name__}: {error})"[:400]
+        ) from None
+
+
+def check_compatible(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> None:
+    """CheckpointMismatchError naming the first differing array if step `step` does not fit `abstract_state`."""
+    step_dir = pathlib.Path(manager.directory) / str(step)
+    saved = _saved_shapes(step_dir / "state")
+    for path, leaf in jax.tree_util.tree_leaves_with_path(abstract_state):
+        expected = (tuple(leaf.shape), str(leaf.dtype))
+        found = saved.get(_path_name(path))
+        if found != expected:
+            raise CheckpointMismatchError(
+                f"checkpoint {step_dir} holds {_path_name(path)} as {found or 'nothing'}, expected {expected}: it "
+                "was written by a run with another model, classes, channels or optimiser; use a new workdir"
+            )
+
+
+def restore_or_explain(
+    manager: ocp.CheckpointManager, step: int, abstract_state: Any, data_iterator: Optional[grain.DatasetIterator] = None
+) -> Any:
+    """`restore`, after checking the step fits `abstract_state`; one-line errors for a mismatch or damage."""
+    check_compatible(manager, step, abstract_state)
+    try:
+        return restore(manager, step, abstract_state, data_iterator)
+    except Exception as error:  # noqa: BLE001 - the shapes fit, so a failure to read means damaged files
+        raise UnreadableCheckpointError(
+            f"checkpoint {pathlib.Path(manager.directory) / str(step)} is unreadable ({type(error).__name__}: {error})"[:400]
+        ) from None
+
+
 def restore_latest_good(
     manager: ocp.CheckpointManager,
     abstract_state: Any,
@@ -83,16 +141,16 @@ def restore_latest_good(
 ) -> Optional[Any]:
     """The newest checkpoint that restores, or None if there is none.
 
-    A step that fails to restore (corrupt or truncated files) is skipped with a warning and the
-    one before it is tried. Skipped steps are moved to `<checkpoints>_unreadable/` (kept for
-    inspection, out of the way of the resumed run's saves).
+    A step whose files are damaged (corrupt, truncated, missing metadata) is skipped with a warning
+    and the one before it is tried. Skipped steps are moved to `<checkpoints>_unreadable/` (kept for
+    inspection, out of the way of the resumed run's saves). A readable step that does not fit
+    `abstract_state` raises CheckpointMismatchError and nothing is moved.
     """
     for step in sorted(manager.all_steps(), reverse=True):
         try:
-            return restore(manager, step, abstract_state, data_iterator)
-        except Exception as error:  # noqa: BLE001 - any failure to read means "unusable checkpoint"
-            logger.warning("checkpoint at step %d cannot be restored (%s: %s); falling back to the previous one",
-                           step, type(error).__name__, error)  # fmt: skip
+            return restore_or_explain(manager, step, abstract_state, data_iterator)
+        except UnreadableCheckpointError as error:
+            logger.warning("checkpoint at step %d cannot be restored (%s); falling back to the previous one", step, error)
             _set_aside(manager, step)
     return None
 
@@ -129,3 +187,24 @@ def choose_step(manager: ocp.CheckpointManager, step: str | int) -> int:
 def abstract_like(state: Any, sharding: jax.sharding.Sharding) -> Any:
     """Shape/dtype/sharding placeholders of `state`'s arrays, the target a restore fills."""
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), state)
+
+
+PARTIAL_SAVE_MARK = ".orbax-checkpoint-tmp"
+
+
+def remove_partial_saves(directory: str | pathlib.Path) -> None:
+    """Delete the temporary directories of saves that never completed (Orbax renames a complete one)."""
+    if jax.process_index() == 0:
+        for partial in pathlib.Path(directory).glob(f"*{PARTIAL_SAVE_MARK}*"):
+            shutil.rmtree(partial, ignore_errors=True)
+
+
+def finish(manager: ocp.CheckpointManager) -> None:
+    """Wait for the pending save and close `manager`; a save that failed leaves no temporary directory."""
+    try:
+        manager.wait_until_finished()
+    except BaseException:
+        remove_partial_saves(manager.directory)
+        raise
+    finally:
+        manager.close()
