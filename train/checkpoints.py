@@ -9,6 +9,7 @@ top-1 (steps saved with eval metrics).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import pathlib
@@ -47,6 +48,27 @@ def create_checkpoint_manager(directory: str | pathlib.Path, *, keep: int, read_
     return ocp.CheckpointManager(pathlib.Path(directory).absolute(), options=options)
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, quota, I/O error); the earlier ones are intact."""
+
+
+def _first_line(error: BaseException, limit: int = 400) -> str:
+    """`error` in one line of at most about `limit` characters, keeping its end (where Orbax puts the cause)."""
+    text = f"{type(error).__name__}: {' '.join(str(error).split())}"
+    return text if len(text) <= limit else f"{text[: limit // 3]} ... {text[-2 * limit // 3 :]}"
+
+
+def check_free_space(directory: pathlib.Path, state: Any) -> None:
+    """CheckpointWriteError, before writing, if `directory`'s file system has less room than `state`'s arrays take."""
+    needed = sum(leaf.nbytes for leaf in jax.tree.leaves(state))
+    free = shutil.disk_usage(directory).free
+    if free < needed:
+        raise CheckpointWriteError(
+            f"not enough disk space for a checkpoint in {directory}: {needed / 2**20:.1f} MiB needed, "
+            f"{free / 2**20:.1f} MiB free; free some space and run the same command to resume"
+        )
+
+
 def save(
     manager: ocp.CheckpointManager,
     step: int,
@@ -56,12 +78,22 @@ def save(
 ) -> None:
     """Start an asynchronous save of `state` (and the iterator's position) as step `step`.
 
-    `eval_metrics` (with "eval_top1") makes the step a candidate for the best checkpoint.
+    `eval_metrics` (with "eval_top1") makes the step a candidate for the best checkpoint. Raises
+    CheckpointWriteError if there is no room for it, or if this or the previous save failed (its
+    temporary directory is removed).
     """
+    check_free_space(pathlib.Path(manager.directory), state)
     items = {"state": ocp.args.StandardSave(state)}
     if data_iterator is not None:
         items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
-    manager.save(step, args=ocp.args.Composite(**items), metrics=dict(eval_metrics or {}), force=True)
+    try:
+        manager.save(step, args=ocp.args.Composite(**items), metrics=dict(eval_metrics or {}), force=True)
+    except Exception as error:  # noqa: BLE001 - Orbax reports a failed write (its own or the async one before) as any type
+        with contextlib.suppress(Exception):  # the failure is reported below; this only lets the writers stop
+            manager.wait_until_finished()
+        remove_partial_saves(manager.directory)
+        raise CheckpointWriteError(f"writing a checkpoint in {manager.directory} failed ({_first_line(error)}); "
+                                   "the earlier checkpoints are intact") from None  # fmt: skip
 
 
 def restore(
@@ -102,9 +134,7 @@ def _saved_shapes(directory: pathlib.Path) -> dict[str, tuple]:
             raise ValueError("no array metadata")
         return shapes
     except Exception as error:  # noqa: BLE001 - whatever Orbax raises on damaged files, the step is unreadable
-        raise UnreadableCheckpointError(
-            f"checkpoint {directory.parent} is unreadable ({type(error).__name__}: {error})"[:400]
-        ) from None
+        raise UnreadableCheckpointError(f"checkpoint {directory.parent} is unreadable ({_first_line(error)})") from None
 
 
 def check_compatible(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> None:
@@ -129,9 +159,8 @@ def restore_or_explain(
     try:
         return restore(manager, step, abstract_state, data_iterator)
     except Exception as error:  # noqa: BLE001 - the shapes fit, so a failure to read means damaged files
-        raise UnreadableCheckpointError(
-            f"checkpoint {pathlib.Path(manager.directory) / str(step)} is unreadable ({type(error).__name__}: {error})"[:400]
-        ) from None
+        step_dir = pathlib.Path(manager.directory) / str(step)
+        raise UnreadableCheckpointError(f"checkpoint {step_dir} is unreadable ({_first_line(error)})") from None
 
 
 def restore_latest_good(
@@ -200,11 +229,12 @@ def remove_partial_saves(directory: str | pathlib.Path) -> None:
 
 
 def finish(manager: ocp.CheckpointManager) -> None:
-    """Wait for the pending save and close `manager`; a save that failed leaves no temporary directory."""
+    """Wait for the pending save and close `manager`; CheckpointWriteError if it failed (leaving no temporary directory)."""
     try:
         manager.wait_until_finished()
-    except BaseException:
-        remove_partial_saves(manager.directory)
-        raise
+    except Exception as error:  # noqa: BLE001 - as in `save`
+        raise CheckpointWriteError(f"writing a checkpoint in {manager.directory} failed ({_first_line(error)}); "
+                                   "the earlier checkpoints are intact") from None  # fmt: skip
     finally:
+        remove_partial_saves(manager.directory)
         manager.close()
