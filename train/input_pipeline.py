@@ -143,10 +143,8 @@ class DataConfig:
 
 
 def _value(config, key: str, default=None):
-    """`config[key]`; when absent or None, `train/configs/default.py`'s value, then `default`."""
-    value = config[key] if key in config else None
-    if value is None:
-        value = _DEFAULTS[key] if key in _DEFAULTS else None
+    """`config[key]`, or `train/configs/default.py`'s value when absent; `default` (the dataset's own) for None."""
+    value = config[key] if key in config else _DEFAULTS.get(key)
     return default if value is None else value
 
 
