@@ -8,7 +8,10 @@ For each model (squeezenet1_0, squeezenet1_1 by default) and each engine:
   ort-ours            ONNX Runtime on `flax_squeezenet.export` output
   ort-torch           ONNX Runtime on the same architecture exported by torch.onnx.export
 it measures batch-1 latency, batch-B inference images/s, and (jax, torch) the images/s of a
-training step (Adam, softmax cross-entropy, dropout on). Each configuration runs in its own
+training step: for jax the training program's own step (`train.steps.train_step` on the state
+`train.run` builds from `train/configs/default.py`: Adam with its schedule, label smoothing, the
+step's metrics and gradient norm, dropout on), for torch the same loss (Adam, cross-entropy with
+the same label smoothing, dropout on). Each configuration runs in its own
 subprocess, so its peak memory is that process's peak resident set size (ru_maxrss, framework
 included); jax rows add XLA's own figure (compiled memory_analysis: arguments + outputs +
 temporaries). Also: jit compile time of apply and of the train step, FLOPs per image from XLA's
@@ -18,7 +21,7 @@ come from the same run. With --rounds N the whole set runs N times, one configur
 another, and the report gives each figure's median over the rounds and each ratio's median (with
 its per-round values), so that one disturbed round does not decide a comparison.
 
-    python bench/benchmark.py --rounds 3 --out bench_results  # full run, 15 minutes on 2 cores
+    python bench/benchmark.py --rounds 3 --out bench_results  # the full run (BENCHMARKS.md)
     python bench/benchmark.py --quick --out /tmp/bench      # tiny sizes, checks the script works
 """
 
@@ -83,7 +86,6 @@ def worker_jax(config: dict) -> dict:
     import jax
     import jax.numpy as jnp
     import numpy as np
-    import optax
 
     from flax_squeezenet import compiler_options
 
@@ -92,7 +94,6 @@ def worker_jax(config: dict) -> dict:
     batch, size, repeats = config["batch"], config["size"], config["repeats"]
     rng = np.random.default_rng(0)
     images = jnp.asarray(rng.standard_normal((batch, size, size, 3)), jnp.float32)
-    labels = jnp.asarray(rng.integers(0, model.num_classes, batch), jnp.int32)
     variables = model.init(jax.random.key(0), images[:1])
     result: dict[str, Any] = {"compiler_options": options}
 
@@ -107,31 +108,55 @@ def worker_jax(config: dict) -> dict:
     single = apply.lower(variables, images[:1]).compile()
     result["latency_b1_ms"] = 1e3 * median_seconds(lambda: single(variables, images[:1]).block_until_ready(), repeats * 3)
 
-    optimizer = optax.adam(1e-3)
+    result.update(_program_train_step(config, options))
+    return result
 
-    def train_step(params, opt_state, images, labels, key):
-        def loss_fn(params):
-            logits = model.apply({"params": params}, images, train=True, rngs={"dropout": key})
-            return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
+def _program_train_step(config: dict, options: dict[str, str]) -> dict:
+    """Compile time, FLOPs, XLA memory and images/s of the training program's own step.
 
-    state = [variables["params"], optimizer.init(variables["params"])]
-    key = jax.random.key(1)
-    step = jax.jit(train_step, donate_argnums=(0, 1), compiler_options=options)
+    The step is `train.steps.train_step` on the state `train.run` builds from the default config
+    (Adam, warmup + cosine schedule, label smoothing, the step's metrics and gradient norm), jitted
+    by `train.parallel` as the trainer does, with the batch put on the devices at each step.
+    """
+    import functools
+
+    import numpy as np
+
+    sys.path.insert(0, str(BENCH_DIR.parent))  # train/ runs from the checkout
+    from train import parallel, steps
+    from train import run as run_lib
+    from train.configs import default
+
+    batch, size = config["batch"], config["size"]
+    run_config = default.get_config()
+    run_config.update({
+        "dataset": "synthetic", "model": config["model"], "image_size": size, "channels": 3, "augment": "none",
+        "synthetic_num_classes": 1000, "synthetic_train_examples": batch, "synthetic_eval_examples": 1,
+        "batch_size": batch, "num_train_steps": 10_000, "dtype": "bfloat16" if config["engine"] == "jax-bf16" else "float32",
+    })  # fmt: skip
+    with tempfile.TemporaryDirectory() as workdir:
+        run = run_lib.build_run(run_config, workdir)
+    state = run_lib.initial_state(run)
+    step_fn = functools.partial(steps.train_step, learning_rate_fn=run.learning_rate_fn,
+                                label_smoothing=run_config.label_smoothing)  # fmt: skip
+    rng = np.random.default_rng(0)
+    local_batch = {"image": rng.standard_normal((batch, size, size, 3)).astype(np.float32),
+                   "label": rng.integers(0, 1000, batch).astype(np.int32)}  # fmt: skip
+    result: dict[str, Any] = {"train_label_smoothing": run_config.label_smoothing}
     start = time.perf_counter()
-    compiled_step = step.lower(state[0], state[1], images, labels, key).compile()
+    compiled_step = parallel.jit_train_step(step_fn, run.mesh, options).lower(
+        state, parallel.make_global_batch(local_batch, run.mesh)).compile()  # fmt: skip
     result["compile_train_s"] = time.perf_counter() - start
     result["train_flops_per_image"] = compiled_step.cost_analysis()["flops"] / batch
     result["xla_train_mib"] = _xla_mib(compiled_step)
+    holder = [state]
 
     def run_step():
-        state[0], state[1], loss = compiled_step(state[0], state[1], images, labels, key)
-        loss.block_until_ready()
+        holder[0], metrics = compiled_step(holder[0], parallel.make_global_batch(local_batch, run.mesh))
+        metrics["loss"].block_until_ready()
 
-    result["train_images_per_s"] = batch / median_seconds(run_step, repeats)
+    result["train_images_per_s"] = batch / median_seconds(run_step, config["repeats"])
     return result
 
 
@@ -173,12 +198,20 @@ def worker_torch(config: dict) -> dict:
 
     def run_step():
         optimizer.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.cross_entropy(model(images), labels)
+        loss = torch.nn.functional.cross_entropy(model(images), labels, label_smoothing=_label_smoothing())
         loss.backward()
         optimizer.step()
 
     result["train_images_per_s"] = batch / median_seconds(run_step, repeats)
     return result
+
+
+def _label_smoothing() -> float:
+    """The default config's label smoothing, which the program's train step uses."""
+    sys.path.insert(0, str(BENCH_DIR.parent))
+    from train.configs import default
+
+    return default.get_config().label_smoothing
 
 
 def worker_ort(config: dict) -> dict:

@@ -100,3 +100,20 @@ def test_gpu_script_runs_at_a_tiny_size(tmp_path):
 def test_gpu_script_wants_an_output_directory():
     completed = subprocess.run(["bash", str(ROOT / "bench" / "gpu.sh")], capture_output=True, text=True)
     assert completed.returncode == 2 and "usage" in completed.stderr
+
+
+def test_benchmark_times_the_training_programs_own_step(monkeypatch):
+    from train import steps
+
+    traced = []
+    real_step = steps.train_step
+
+    def recording_step(state, batch, **kwargs):
+        traced.append(kwargs)
+        return real_step(state, batch, **kwargs)
+
+    monkeypatch.setattr(steps, "train_step", recording_step)
+    config = {"model": "squeezenet1_1", "engine": "jax-f32", "batch": 2, "size": 32, "repeats": 1}
+    result = benchmark._program_train_step(config, {})
+    assert len(traced) == 1 and traced[0]["label_smoothing"] == result["train_label_smoothing"] > 0
+    assert result["train_images_per_s"] > 0 and result["compile_train_s"] > 0

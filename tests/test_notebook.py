@@ -65,7 +65,7 @@ def executed(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_notebook_runs_and_leaves_checkpoints_curves_and_export(executed):
+def test_notebook_runs_and_leaves_checkpoints_curves_and_model(executed):
     notebook, workdir = executed
     outputs = "\n".join(text_of(cell) for cell in notebook.cells)
     assert "2 devices" in outputs
@@ -73,7 +73,7 @@ def test_notebook_runs_and_leaves_checkpoints_curves_and_export(executed):
     assert "trained to step 8" in outputs
     steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
     assert steps and steps[-1] == 8
-    assert (workdir / "export" / "metadata.json").is_file()
+    assert (workdir / "model" / "metadata.json").is_file()
     assert (workdir / "curves.png").read_bytes().startswith(b"\x89PNG")
     images = [o for cell in notebook.cells for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
     assert len(images) == 2, "expected the classified image and the curves shown inline"

@@ -42,6 +42,6 @@ def test_two_processes_match_one_process(tmp_path):
         assert two["train"][step]["loss"] == pytest.approx(one["train"][step]["loss"], rel=1e-5), step
     assert two["eval"][6]["top1"] == pytest.approx(one["eval"][6]["top1"])
     assert two["eval"][6]["loss"] == pytest.approx(one["eval"][6]["loss"], rel=1e-5)
-    assert not (workdir / "export").exists()  # multi-process runs are exported afterwards (train.export)
+    assert not (workdir / "model").exists()  # multi-process runs save the model afterwards (train.save_model)
     data_states = sorted(p.name for p in (workdir / "checkpoints" / "6" / "data").glob("process_*.json"))
     assert data_states == ["process_0-of-2.json", "process_1-of-2.json"]

@@ -11,33 +11,28 @@ import pytest
 from train_helpers import run_python
 
 PARITY_SCRIPT = r"""
-import functools, json, sys
+import dataclasses, functools, json, sys, tempfile
 import jax, numpy as np
 sys.path.insert(0, "tests")
-from train import input_pipeline, parallel, steps, trainer
+from train import input_pipeline, parallel, run as run_lib, steps
 from train_helpers import tiny_config
 
 assert jax.device_count() == 8, jax.devices()
 
 def run(config, mode, devices, batches):
-    info = input_pipeline.dataset_info(config)
+    built = run_lib.build_run(config, tempfile.mkdtemp())
     mesh = parallel.create_mesh(devices)
-    state, lr = trainer.build_state(config, info, len(batches), mesh)
+    built = dataclasses.replace(built, mesh=mesh)
+    state = run_lib.initial_state(built)
     initial = jax.tree.leaves(jax.tree.map(np.asarray, state.params))
-    step_fn = functools.partial(steps.train_step, learning_rate_fn=lr)
+    step_fn = functools.partial(steps.train_step, learning_rate_fn=built.learning_rate_fn)
+    runner = parallel.compile_train_step(step_fn, mesh, mode)
+    state = runner.to_run_layout(state)
     losses = []
-    if mode == "pmap":
-        state = parallel.to_pmap_layout(state)
-        step = parallel.pmap_train_step(step_fn)
-        for batch in batches:
-            state, metrics = step(state, parallel.split_for_pmap(batch))
-            losses.append(float(metrics["loss"][0]))
-        state = parallel.from_pmap_layout(state, mesh)
-    else:
-        step = parallel.jit_train_step(step_fn, mesh)
-        for batch in batches:
-            state, metrics = step(state, parallel.make_global_batch(batch, mesh))
-            losses.append(float(metrics["loss"]))
+    for batch in batches:
+        state, metrics = runner.step(state, batch)
+        losses.append(float(metrics["loss"]))
+    state = runner.to_canonical(state)
     params = jax.tree.leaves(jax.tree.map(np.asarray, state.params))
     return losses, params, initial
 
@@ -46,8 +41,8 @@ def max_diff(a, b):
 
 result = {}
 for name, config, modes in [
-    ("float32", tiny_config(batch_size=16), ("jit", "pmap")),
-    ("bfloat16_dropout", tiny_config(batch_size=16, dtype="bfloat16", dropout_rate=0.5), ("jit",)),
+    ("float32", tiny_config(batch_size=16, num_train_steps=3), ("jit", "pmap")),
+    ("bfloat16_dropout", tiny_config(batch_size=16, num_train_steps=3, dtype="bfloat16", dropout_rate=0.5), ("jit",)),
 ]:
     iterator = input_pipeline.create_train_iterator(config)
     batches = [next(iterator) for _ in range(3)]

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 import flax_squeezenet
-from train import reporting, trainer
-from train_helpers import run_training, tiny_config
+from train import reporting
+from train_helpers import run_training, tiny_config, train_in_process
 
 
 def _config(num_train_steps: int):
@@ -26,9 +26,9 @@ def test_checkpoints_move_between_8_and_1_devices(tmp_path):
         if resumed_from is not None:
             assert f"resumed from the checkpoint at step {resumed_from}" in process.stderr
 
-    reference = trainer.train_and_evaluate(_config(6), tmp_path / "reference")
-    _, moved = flax_squeezenet.load_pretrained(workdir / "export")
-    _, expected = flax_squeezenet.load_pretrained(reference["export"])
+    reference = train_in_process(_config(6), tmp_path / "reference")
+    _, moved = flax_squeezenet.load_pretrained(workdir / "model")
+    _, expected = flax_squeezenet.load_pretrained(reference["model"])
     # Sums over 8 devices round differently from sums on 1: equal up to float32 rounding.
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4), moved, expected)
     moved_losses = {step: m["loss"] for step, m in reporting.read_metrics(workdir)["train"].items()}

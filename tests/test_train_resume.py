@@ -40,7 +40,7 @@ def _start_and_signal(workdir, signum, after_step: int, timeout: float = 240) ->
 
 
 def _final_params(workdir):
-    _, variables = flax_squeezenet.load_pretrained(workdir / "export")
+    _, variables = flax_squeezenet.load_pretrained(workdir / "model")
     return variables["params"]
 
 
@@ -61,7 +61,7 @@ def test_sigkill_and_sigterm_then_resume_match_uninterrupted_run(tmp_path):
     assert "stopped by SIGTERM" in stopped.stderr and "resumed from the checkpoint" in stopped.stderr
     stopped_at = max(_saved_steps(interrupted))
     assert killed_at < stopped_at < CONFIG.num_train_steps
-    assert not (interrupted / "export").exists()
+    assert not (interrupted / "model").exists()
 
     resumed = run_training(interrupted, CONFIG)
     assert resumed.returncode == 0, resumed.stderr[-3000:]

@@ -1,6 +1,7 @@
 """Configs, optimiser schedules, losses and the train/eval steps on one device."""
 
 import functools
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -8,8 +9,8 @@ import numpy as np
 import optax
 import pytest
 
-from train import configs, input_pipeline, optim, parallel, steps, trainer
-from train.__main__ import resolve_config_flag
+from train import configs, input_pipeline, optim, parallel, run, steps
+from train.configs import default, validation
 from train_helpers import tiny_config
 
 
@@ -17,24 +18,27 @@ from train_helpers import tiny_config
 def test_presets_build_and_resolve(name):
     config = configs.get_preset(name)
     assert config.dataset and config.model and config.batch_size > 0
-    assert configs.resolve_config_path(name).is_file()
+    assert pathlib.Path(configs.config_file(name)).is_file()
+    validation.validate(config)
 
 
-def test_unknown_preset_is_a_clear_error():
+def test_presets_set_only_what_differs_from_the_default():
+    reference = default.get_config()
+    assert configs.get_preset(configs.DEFAULT_PRESET) == reference
+    for name in configs.PRESETS:
+        source = pathlib.Path(configs.config_file(name)).read_text()
+        for key, value in configs.get_preset(name).items():
+            assert (f"config.{key} =" in source) == (value != reference[key]), (name, key)
+
+
+def test_unknown_preset_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="fashion_mnist, cifar10, imagenet"):
-        configs.resolve_config_path("mnist_big")
+        configs.config_file("mnist_big")
     with pytest.raises(ValueError, match="unknown preset"):
         configs.get_preset("mnist_big")
-
-
-def test_config_flag_accepts_presets_files_and_defaults(tmp_path):
-    preset = str(configs.CONFIG_DIR / "cifar10.py")
-    assert resolve_config_flag(["prog", "--config", "cifar10", "--config.seed=1"]) == ["prog", "--config", preset, "--config.seed=1"]
-    assert resolve_config_flag(["prog", "--config=cifar10"]) == ["prog", "--config=" + preset]
-    assert resolve_config_flag(["prog", "--workdir=x"])[1] == "--config=" + str(configs.CONFIG_DIR / "fashion_mnist.py")
     custom = tmp_path / "mine.py"
     custom.write_text("from train.configs import default\nget_config = default.get_config\n")
-    assert resolve_config_flag(["prog", "--config", str(custom)])[2] == str(custom)
+    assert configs.config_file(f"{custom}:small") == f"{custom}:small"
 
 
 def test_warmup_cosine_and_linear_schedules():
@@ -82,38 +86,37 @@ def test_batch_not_divisible_by_devices_is_a_clear_error():
 
 
 @pytest.fixture(scope="module")
-def tiny_setup():
-    config = tiny_config(dropout_rate=0.5)
-    info = input_pipeline.dataset_info(config)
-    mesh = parallel.create_mesh()
-    return config, info, mesh
+def tiny_setup(tmp_path_factory):
+    config = tiny_config(dropout_rate=0.5, num_train_steps=30)
+    built = run.build_run(config, tmp_path_factory.mktemp("unit"))
+    return config, built, built.mesh
 
 
 def test_train_step_learns_and_is_deterministic(tiny_setup):
     """Repeated steps on one batch drive its loss down; the same seed gives the same numbers."""
-    config, info, mesh = tiny_setup
-    batch = parallel.make_global_batch(next(input_pipeline.create_train_iterator(config)), mesh)
+    config, built, mesh = tiny_setup
+    batch = parallel.make_global_batch(next(input_pipeline.create_train_iterator(built.data)), mesh)
 
-    def run():
-        state, lr = trainer.build_state(config, info, 30, mesh)
-        step = parallel.jit_train_step(functools.partial(steps.train_step, learning_rate_fn=lr), mesh)
+    def train():
+        state = run.initial_state(built)
+        step = parallel.jit_train_step(functools.partial(steps.train_step, learning_rate_fn=built.learning_rate_fn), mesh)
         losses = []
         for _ in range(30):
             state, metrics = step(state, batch)
             losses.append(float(metrics["loss"]))
         return losses, state
 
-    losses, state = run()
+    losses, state = train()
     assert int(state.step) == 30
     assert np.mean(losses[-5:]) < 0.85 * np.mean(losses[:3]), losses
-    again, _ = run()
+    again, _ = train()
     assert again == losses
 
 
 def test_eval_step_ignores_masked_examples(tiny_setup):
-    config, info, mesh = tiny_setup
-    state, _ = trainer.build_state(config, info, 1, mesh)
-    batch = next(input_pipeline.create_train_iterator(config))
+    config, built, mesh = tiny_setup
+    state = run.initial_state(built)
+    batch = next(input_pipeline.create_train_iterator(built.data))
     eval_step = parallel.jit_eval_step(steps.eval_step, mesh)
     full = eval_step(state, parallel.make_global_batch({**batch, "mask": np.ones(8, bool)}, mesh))
     mask = np.array([True] * 4 + [False] * 4)

@@ -13,6 +13,7 @@ import sys
 
 import ml_collections
 
+from train import run, trainer
 from train.configs import default
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -34,6 +35,7 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
     config.learning_rate = 3e-4
     config.warmup_steps = 2
     config.dropout_rate = 0.0
+    config.label_smoothing = 0.0
     config.log_every_steps = 2
     config.eval_every_steps = 6
     config.checkpoint_every_steps = 4
@@ -42,6 +44,11 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
     for key, value in overrides.items():
         config[key] = value
     return config
+
+
+def train_in_process(config: ml_collections.ConfigDict, workdir) -> dict:
+    """`trainer.train_and_evaluate` of the run `config` describes in `workdir`, in this process."""
+    return trainer.train_and_evaluate(run.build_run(config, workdir))
 
 
 def config_flags(config: ml_collections.ConfigDict) -> list[str]:

@@ -1,7 +1,8 @@
 """`python -m train.evaluate --workdir DIR [--split test] [--step best|latest|N]`
 
-Top-1 / top-5 (and mean loss) of a run's checkpoint on a split, printed as one JSON line. The run's
-config is read from DIR/config.json; by default the best checkpoint by eval top-1 is used.
+Top-1 / top-5 (and mean loss) of a run's checkpoint on a split, printed as one JSON line. The run is
+rebuilt from DIR/config.json (the weights it was started from are not read); by default the best
+checkpoint by eval top-1 is used.
 """
 
 from __future__ import annotations
@@ -10,23 +11,39 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Callable
 from typing import Optional
 
-import flax_squeezenet
+import jax
 
-from train import input_pipeline, parallel, steps, trainer
+import flax_squeezenet
+from train import input_pipeline, parallel, steps
+from train import run as run_lib
+from train import workdir as workdir_lib
+from train.state import TrainState
+
+
+def evaluate(run: run_lib.Run, state: TrainState, eval_step: Callable) -> dict[str, float]:
+    """Mean loss, top-1 and top-5 of `state` over the run's eval split (all processes' shares)."""
+    totals: dict[str, float] = {}
+    for batch in input_pipeline.create_eval_batches(run.data, process_index=jax.process_index(),
+                                                    process_count=jax.process_count()):  # fmt: skip
+        sums = jax.device_get(eval_step(state, parallel.make_global_batch(batch, run.mesh)))
+        for k, v in sums.items():
+            totals[k] = totals.get(k, 0.0) + float(v)
+    count = totals.pop("count")
+    return {k: v / count for k, v in totals.items()}
 
 
 def evaluate_checkpoint(workdir: str, split: Optional[str] = None, step: str = "best") -> dict:
     """{"step", "split", "loss", "top1", "top5"...} of the checkpoint `step` in `workdir` on `split`."""
-    config = trainer.read_config(workdir)
+    config = workdir_lib.read_config(workdir)
     if split:
         config.eval_split = split
-    mesh = parallel.create_mesh()
-    state, chosen = trainer.restore_saved_state(config, workdir, step, mesh)
-    eval_step = parallel.jit_eval_step(steps.eval_step, mesh, flax_squeezenet.compiler_options(config.dtype))
-    metrics = trainer.evaluate(state, config, mesh, eval_step)
-    return {"step": chosen, "split": input_pipeline.get_data_config(config).source.eval_split, **metrics}
+    run = run_lib.build_run(config, workdir)
+    state, chosen = run_lib.restore_state(run, step)
+    eval_step = parallel.jit_eval_step(steps.eval_step, run.mesh, flax_squeezenet.compiler_options(config.dtype))
+    return {"step": chosen, "split": run.data.settings.source.eval_split, **evaluate(run, state, eval_step)}
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -38,7 +55,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     try:
         result = evaluate_checkpoint(args.workdir, args.split, args.step)
-    except (FileNotFoundError, ValueError) as error:
+    except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(json.dumps(result))

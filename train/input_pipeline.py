@@ -1,21 +1,22 @@
 """The input pipeline: grain pipelines over TFDS datasets, Fashion-MNIST files, image folders or synthetic data.
 
-Config keys read (an ``ml_collections.ConfigDict``; absent keys and ``None`` values take the defaults
-below, all resolved in ``get_data_config``; other keys are ignored):
+Config keys read (an ``ml_collections.ConfigDict``; an absent key takes its value in
+``train/configs/default.py``, the one source of defaults; ``None`` means the dataset's own value, listed
+below; all resolved once, in ``open_data``; other keys are ignored):
 
-``dataset`` ("fashion_mnist")
+``dataset``
     "fashion_mnist", "cifar10", "imagenet2012", any other TFDS name, "image_folder" or "synthetic".
-``data_dir`` (None)
+``data_dir``
     TFDS data dir (None: TFDS's default, ``~/tensorflow_datasets`` or ``$TFDS_DATA_DIR``).
-``manual_dir`` (None)
+``manual_dir``
     TFDS manual dir (raw files for datasets TFDS cannot download, e.g. ImageNet). For
     "fashion_mnist", a folder holding the four idx files (``train-images-idx3-ubyte.gz``, ...): they
     are read directly, without TFDS (see Sources below).
-``train_folder`` / ``eval_folder`` (None)
+``train_folder`` / ``eval_folder``
     For "image_folder": folders with one subfolder of images per class (classes = sorted names).
-``cache_images`` (False)
+``cache_images``
     For "image_folder": decode every image once at start (in threads) and keep them in memory, for
-    small datasets (CIFAR-10's 60,000 32x32 JPEGs: 184 MB, 20 s on 2 busy cores). Epochs then skip
+    small datasets (CIFAR-10's 60,000 32x32 JPEGs take 184 MB). Epochs then skip
     decoding, and an unreadable image is reported at start rather than mid-run.
 ``train_split`` / ``eval_split`` ("train" / "test"; "validation" for imagenet2012)
     Split names (TFDS datasets also take slices such as "train[:90%]").
@@ -23,27 +24,27 @@ below, all resolved in ``get_data_config``; other keys are ignored):
     Height and width of the batches the model receives; at least ``MIN_IMAGE_SIZE``.
 ``channels`` (None: the dataset's own)
     1 or 3; grayscale is repeated to 3 channels, RGB converted to luminance for 1.
-``augment`` (None: "crop_flip" for Fashion-MNIST and CIFAR, "crop" for MNIST, else
+``augment`` (None: "flip" for Fashion-MNIST, "crop_flip" for CIFAR, "crop" for MNIST, else
     "random_resized_crop")
     "crop_flip", "crop", "flip", "random_resized_crop" or "none" (see ``train.data.transforms``). For
-    Fashion-MNIST "crop_flip" is the default: clothes are left-right symmetric, and the classes the
-    model confuses (shirt, T-shirt, pullover, coat) gain from mirrored views; all shoes face left in
-    both splits, so mirrored shoes are extra variety the model must absorb, an easy cost since shoes
-    are rarely confused. Digits (MNIST) must not be mirrored: "crop".
+    Fashion-MNIST "flip": clothes are left-right symmetric, and the classes the model confuses
+    (shirt, T-shirt, pullover, coat) gain from mirrored views, while random crops slowed learning
+    more than the default 20 epochs allow (``train/configs/default.py``). Digits (MNIST) must not be
+    mirrored: "crop".
 ``mean`` / ``std`` (None: the dataset's own per-channel statistics; ImageNet's for image folders and
     unlisted TFDS datasets, which is also what pretrained weights expect)
     Normalisation of pixel values scaled to [0, 1]; one value or one per channel.
-``batch_size`` (128) / ``eval_batch_size`` (None: ``batch_size``)
+``batch_size`` / ``eval_batch_size`` (None: ``batch_size``)
     Global batch sizes; each of ``process_count`` processes gets ``batch_size // process_count``.
-``seed`` (0)
+``seed``
     Seeds shuffling (a new order every epoch) and augmentation; the data itself does not depend on it.
-``num_workers`` (0)
+``num_workers``
     grain worker processes for the train pipeline (0: threads in this process). Workers are
     spawned: a script using them must guard its entry point with ``if __name__ == "__main__":``
     (unguarded, the workers die at start and grain 0.2.18 waits for them forever).
-``prefetch`` (4)
+``prefetch``
     Batches prepared ahead of the train step (per worker when ``num_workers`` > 0).
-``synthetic_train_examples`` (256) / ``synthetic_eval_examples`` (100) / ``synthetic_num_classes`` (10)
+``synthetic_train_examples`` / ``synthetic_eval_examples`` / ``synthetic_num_classes``
     Sizes of the "synthetic" dataset.
 
 Sources:
@@ -59,7 +60,8 @@ Sources:
     decoded to RGB. An image that cannot be decoded stops the run with an ``UnreadableImageError``
     naming the file: skipping it would silently change the data and break exact resumption.
   - "synthetic": random images with a visible per-class pattern, for tests.
-  A dataset is opened once per process and configuration (in-memory splits are read once).
+  ``open_data`` opens the dataset; a ``Data`` is what the pipelines below take (given a config
+  instead, they open it themselves).
 
 Train batches: the examples are shuffled (reshuffled every epoch) and repeated forever; element ``k``
 of that global stream is augmented with randomness drawn from (seed, k). Global batch ``b`` is
@@ -78,12 +80,16 @@ import math
 import os
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import grain
 import numpy as np
 from absl import flags
 
+from train.configs import default
 from train.data import sources, transforms
+
+_DEFAULTS = default.get_config()
 
 MIN_IMAGE_SIZE = 8
 
@@ -103,7 +109,7 @@ class DatasetDefaults:
 
 
 KNOWN_DATASETS = {
-    "fashion_mnist": DatasetDefaults(28, "crop_flip", (0.2860,), (0.3530,)),
+    "fashion_mnist": DatasetDefaults(28, "flip", (0.2860,), (0.3530,)),
     "mnist": DatasetDefaults(28, "crop", (0.1307,), (0.3081,)),
     "cifar10": DatasetDefaults(32, "crop_flip", (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": DatasetDefaults(32, "crop_flip", (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
@@ -136,8 +142,9 @@ class DataConfig:
     prefetch: int
 
 
-def _value(config, key: str, default):
-    value = config[key] if key in config else None
+def _value(config, key: str, default=None):
+    """`config[key]`, or `train/configs/default.py`'s value when absent; `default` (the dataset's own) for None."""
+    value = config[key] if key in config else _DEFAULTS.get(key)
     return default if value is None else value
 
 
@@ -152,16 +159,15 @@ def _stats(values, channels: int, key: str) -> tuple[float, ...]:
     raise ValueError(f"{key} has {len(values)} values, expected 1 or {channels} (one per channel)")
 
 
-def _int(config, key: str, default: int, minimum: int = 1) -> int:
+def _int(config, key: str, default: int | None = None, minimum: int = 1) -> int:
     value = _value(config, key, default)
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{key} must be an integer of at least {minimum}, got {value!r}")
     return int(value)
 
 
-def get_data_config(config) -> DataConfig:
-    """The data settings of ``config`` with every absent or None key set to its default, validated."""
-    name = _value(config, "dataset", "fashion_mnist")
+def _source_config(config) -> tuple[sources.SourceConfig, DatasetDefaults, int]:
+    name = _value(config, "dataset")
     if not isinstance(name, str) or not name:
         raise ValueError(f"dataset must be a dataset name, got {name!r}")
     defaults = KNOWN_DATASETS.get(name, DatasetDefaults())
@@ -169,26 +175,33 @@ def get_data_config(config) -> DataConfig:
     channels = config["channels"] if "channels" in config else None
     if channels not in (None, 1, 3):
         raise ValueError(f"channels must be 1, 3 or None (the dataset's own), got {channels!r}")
+    source = sources.SourceConfig(
+        dataset=name,
+        data_dir=_value(config, "data_dir"),
+        manual_dir=_value(config, "manual_dir"),
+        train_folder=_value(config, "train_folder"),
+        eval_folder=_value(config, "eval_folder"),
+        train_split=_value(config, "train_split", "train"),
+        eval_split=_value(config, "eval_split", defaults.eval_split),
+        cache_images=bool(_value(config, "cache_images")),
+        synthetic_train_examples=_int(config, "synthetic_train_examples"),
+        synthetic_eval_examples=_int(config, "synthetic_eval_examples"),
+        synthetic_num_classes=_int(config, "synthetic_num_classes", minimum=2),
+        synthetic_image_shape=(image_size, image_size, channels or 3),
+    )
+    return source, defaults, image_size
+
+
+def _augment(config, defaults: DatasetDefaults) -> str:
     augment = _value(config, "augment", defaults.augment)
     if augment not in transforms.AUGMENTATIONS:
         raise ValueError(f"augment must be one of {transforms.AUGMENTATIONS}, got {augment!r}")
-    source = sources.SourceConfig(
-        dataset=name,
-        data_dir=_value(config, "data_dir", None),
-        manual_dir=_value(config, "manual_dir", None),
-        train_folder=_value(config, "train_folder", None),
-        eval_folder=_value(config, "eval_folder", None),
-        train_split=_value(config, "train_split", "train"),
-        eval_split=_value(config, "eval_split", defaults.eval_split),
-        cache_images=bool(_value(config, "cache_images", False)),
-        synthetic_train_examples=_int(config, "synthetic_train_examples", 256),
-        synthetic_eval_examples=_int(config, "synthetic_eval_examples", 100),
-        synthetic_num_classes=_int(config, "synthetic_num_classes", 10, 2),
-        synthetic_image_shape=(image_size, image_size, channels or 3),
-    )
-    batch_size = _int(config, "batch_size", 128)
-    if channels is None:
-        channels = sources.open_dataset(source).channels
+    return augment
+
+
+def _data_config(config, source: sources.SourceConfig, defaults: DatasetDefaults, image_size: int,
+                 channels: int) -> DataConfig:  # fmt: skip
+    augment = _augment(config, defaults)
     preprocessing = transforms.Preprocessing(
         image_size=image_size,
         channels=channels,
@@ -197,29 +210,58 @@ def get_data_config(config) -> DataConfig:
         augment=augment,
         eval_crop_fraction=0.875 if augment == "random_resized_crop" else 1.0,
     )
+    batch_size = _int(config, "batch_size")
     return DataConfig(
         source=source,
         preprocessing=preprocessing,
         batch_size=batch_size,
         eval_batch_size=_int(config, "eval_batch_size", batch_size),
-        seed=_int(config, "seed", 0, 0),
-        num_workers=_int(config, "num_workers", 0, 0),
-        prefetch=_int(config, "prefetch", 4),
+        seed=_int(config, "seed", minimum=0),
+        num_workers=_int(config, "num_workers", minimum=0),
+        prefetch=_int(config, "prefetch"),
     )
 
 
-def dataset_info(config) -> DatasetInfo:
-    """Classes, model input shape and split sizes of the configured dataset."""
-    data_config = get_data_config(config)
-    dataset = sources.open_dataset(data_config.source)
-    p = data_config.preprocessing
-    return DatasetInfo(
+@dataclasses.dataclass(frozen=True)
+class Data:
+    """A config's data settings, resolved and validated, with the dataset they open and its info."""
+
+    settings: DataConfig
+    dataset: sources.Dataset
+    info: DatasetInfo
+
+
+def open_data(config) -> Data:
+    """Resolve and check ``config``'s data keys (see the module docstring), then open the dataset once."""
+    source, defaults, image_size = _source_config(config)
+    channels = config["channels"] if "channels" in config else None
+    _augment(config, defaults)
+    _int(config, "batch_size")
+    dataset = sources.open_dataset(source)
+    settings = _data_config(config, source, defaults, image_size, channels or dataset.channels)
+    info = DatasetInfo(
         num_classes=len(dataset.class_names),
-        image_shape=(p.image_size, p.image_size, p.channels),
+        image_shape=(image_size, image_size, settings.preprocessing.channels),
         num_train_examples=len(dataset.train),
         num_eval_examples=len(dataset.eval),
         class_names=dataset.class_names,
     )
+    return Data(settings=settings, dataset=dataset, info=info)
+
+
+def _opened(data: Data | Any) -> Data:
+    """``data`` itself, or the data a config describes, opened (tests and notebooks pass configs)."""
+    return data if isinstance(data, Data) else open_data(data)
+
+
+def get_data_config(config) -> DataConfig:
+    """The data settings of ``config`` with every absent or None key set to its default, validated."""
+    return open_data(config).settings
+
+
+def dataset_info(config) -> DatasetInfo:
+    """Classes, model input shape and split sizes of the configured dataset."""
+    return open_data(config).info
 
 
 def _local_batch_size(global_batch: int, key: str, process_index: int, process_count: int) -> int:
@@ -237,7 +279,7 @@ def _read_options(prefetch: int) -> grain.ReadOptions:
     return grain.ReadOptions(num_threads=min(prefetch, os.cpu_count() or 1), prefetch_buffer_size=prefetch)
 
 
-def create_train_iterator(config, *, process_index: int = 0, process_count: int = 1) -> grain.DatasetIterator:
+def create_train_iterator(data: Data | Any, *, process_index: int = 0, process_count: int = 1) -> grain.DatasetIterator:
     """An endless iterator of this process's train batches, resumable with ``get_state``/``set_state``.
 
     Yields ``{"image": float32 [local_batch, S, S, C], "label": int32 [local_batch]}`` with
@@ -245,9 +287,9 @@ def create_train_iterator(config, *, process_index: int = 0, process_count: int 
     stream is shuffled, augmented and split between processes. Setting a state taken with
     ``get_state`` makes the iterator yield exactly the batches that followed when it was taken.
     """
-    data_config = get_data_config(config)
+    data = _opened(data)
+    data_config, dataset = data.settings, data.dataset
     local_batch = _local_batch_size(data_config.batch_size, "batch_size", process_index, process_count)
-    dataset = sources.open_dataset(data_config.source)
     stream = (
         grain.MapDataset.source(dataset.train)
         .seed(data_config.seed)
@@ -268,7 +310,7 @@ def create_train_iterator(config, *, process_index: int = 0, process_count: int 
     return iter(shard)
 
 
-def create_eval_batches(config, *, process_index: int = 0, process_count: int = 1) -> Iterator[dict]:
+def create_eval_batches(data: Data | Any, *, process_index: int = 0, process_count: int = 1) -> Iterator[dict]:
     """One pass over this process's share of the eval split, in order, without augmentation.
 
     Yields ``{"image": float32 [local_batch, S, S, C], "label": int32, "mask": bool}`` with
@@ -276,9 +318,9 @@ def create_eval_batches(config, *, process_index: int = 0, process_count: int = 
     (mask False) zero examples to a whole number of global batches, so every process yields the
     same number of batches and every real example appears exactly once with mask True.
     """
-    data_config = get_data_config(config)
+    data = _opened(data)
+    data_config, dataset = data.settings, data.dataset
     local_batch = _local_batch_size(data_config.eval_batch_size, "eval_batch_size", process_index, process_count)
-    dataset = sources.open_dataset(data_config.source)
     num_examples = len(dataset.eval)
     padded_size = math.ceil(num_examples / data_config.eval_batch_size) * data_config.eval_batch_size
     parts = [grain.MapDataset.source(dataset.eval).map(transforms.EvalTransform(data_config.preprocessing))]
@@ -289,14 +331,15 @@ def create_eval_batches(config, *, process_index: int = 0, process_count: int = 
     return iter(batches[process_index::process_count].to_iter_dataset(_read_options(data_config.prefetch)))
 
 
-def measure_throughput(config, num_batches: int = 20) -> float:
+def measure_throughput(data: Data | Any, num_batches: int = 20) -> float:
     """Images per second the train pipeline alone delivers in this process, with nothing consuming them.
 
     The batches the pipeline buffers while it starts (``prefetch`` per worker) are taken first, so
     the timed ``num_batches`` measure how fast batches are made, not how fast buffers are read.
     """
-    data_config = get_data_config(config)
-    iterator = create_train_iterator(config)
+    data = _opened(data)
+    data_config = data.settings
+    iterator = create_train_iterator(data)
     try:
         for _ in range(1 + data_config.prefetch * max(1, data_config.num_workers)):
             batch_size = len(next(iterator)["label"])

@@ -8,6 +8,7 @@ keeps a per-device copy of the state while it trains (`to_pmap_layout` / `from_p
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -20,6 +21,20 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 DATA_AXIS = "data"
 PMAP_AXIS = "batch"
 PARALLEL_MODES = ("jit", "pmap")
+
+
+def maybe_initialize_distributed(config) -> None:
+    """`jax.distributed.initialize` when `config.distributed` is set (before any other JAX call).
+
+    Unset coordinator_address / num_processes / process_id are left for JAX to detect from the
+    cluster environment (SLURM, Cloud TPU, ...).
+    """
+    if config.distributed and not jax.distributed.is_initialized():
+        jax.distributed.initialize(
+            coordinator_address=config.coordinator_address,
+            num_processes=config.num_processes,
+            process_id=config.process_id,
+        )
 
 
 def create_mesh(devices=None) -> Mesh:
@@ -101,3 +116,39 @@ def to_pmap_layout(state: Any) -> Any:
 def from_pmap_layout(state: Any, mesh: Mesh) -> Any:
     """The state of local device 0, replicated over the mesh (the canonical layout)."""
     return replicate(jax.tree.map(lambda x: np.asarray(x[0]), state), mesh)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainStepRunner:
+    """A compiled train step and the layout it keeps the state in while training.
+
+    `step(state, local_batch)` returns the new state and the step's metrics (one value each);
+    `to_run_layout` / `to_canonical` move the state between the mesh layout and the step's own
+    (the same, under jit).
+    """
+
+    step: Callable[[Any, dict[str, np.ndarray]], tuple[Any, dict[str, jax.Array]]]
+    to_run_layout: Callable[[Any], Any]
+    to_canonical: Callable[[Any], Any]
+
+
+def _identity(state: Any) -> Any:
+    return state
+
+
+def compile_train_step(step_fn: Callable, mesh: Mesh, mode: str, compiler_options: dict[str, str] | None = None) -> TrainStepRunner:
+    """`step_fn(state, batch[, axis_name])` compiled with `jax.jit` over `mesh` or, for mode "pmap", with `jax.pmap`."""
+    if mode == "pmap":
+        pmap_step = pmap_train_step(step_fn)
+
+        def step(state, local_batch):
+            state, metrics = pmap_step(state, split_for_pmap(local_batch))
+            return state, jax.tree.map(lambda x: x[0], metrics)
+
+        return TrainStepRunner(step, to_pmap_layout, functools.partial(from_pmap_layout, mesh=mesh))
+    jit_step = jit_train_step(step_fn, mesh, compiler_options)
+
+    def step(state, local_batch):
+        return jit_step(state, make_global_batch(local_batch, mesh))
+
+    return TrainStepRunner(step, _identity, _identity)

@@ -24,7 +24,7 @@ class TrainState(train_state.TrainState):
 
 
 def model_kwargs(config, num_classes: int, in_channels: int) -> dict[str, Any]:
-    """The keyword arguments `flax_squeezenet.create_model` gets for `config` (also stored on export)."""
+    """The keyword arguments `flax_squeezenet.create_model` gets for `config` (also stored with the saved model)."""
     return {
         "num_classes": num_classes,
         "in_channels": in_channels,

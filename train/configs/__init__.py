@@ -1,7 +1,7 @@
-"""Training configurations as code: `default.py` lists every key; each preset adjusts it for a dataset.
+"""Training configurations as code: `default.py` lists every key; each preset sets what differs for a dataset.
 
-A config is named on the command line by preset (`--config fashion_mnist`) or by file
-(`--config path/to/config.py`, any file with a `get_config()`); see `resolve_config_path`.
+A config is named on the command line by preset (`--config cifar10`) or by file, as ml_collections
+takes it (`--config path/to/config.py`, or `path/to/config.py:ARG` for a `get_config(ARG)`).
 """
 
 from __future__ import annotations
@@ -12,18 +12,19 @@ import ml_collections
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent
 PRESETS = ("fashion_mnist", "cifar10", "imagenet")
+DEFAULT_PRESET = "fashion_mnist"
 
 
-def resolve_config_path(name_or_path: str) -> pathlib.Path:
-    """The config file a preset name or a path names; a clear error when it is neither."""
+def config_file(name_or_path: str) -> str:
+    """The `file.py[:arg]` a preset name or a config path names; ValueError when it is neither."""
     if name_or_path in PRESETS:
-        return CONFIG_DIR / f"{name_or_path}.py"
-    path = pathlib.Path(name_or_path)
+        return str(CONFIG_DIR / f"{name_or_path}.py")
+    path = pathlib.Path(name_or_path.split(":", 1)[0])
     if path.suffix == ".py" and path.is_file():
-        return path
+        return name_or_path
     raise ValueError(
         f"unknown config {name_or_path!r}: expected a preset ({', '.join(PRESETS)}) "
-        "or the path of a .py file with a get_config() function"
+        "or the path of a .py file with a get_config() function (optionally file.py:arg)"
     )
 
 

@@ -1,0 +1,78 @@
+"""Checks of a whole training config, made before anything is built or written.
+
+The data keys are checked where they are resolved (`train.input_pipeline.open_data`); this module
+checks the rest: every key is one of `default.py`'s, of its type, and in its range or choices.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import ml_collections
+
+import flax_squeezenet
+from train import optim, parallel
+from train.configs import default
+
+DTYPES = ("float32", "bfloat16")
+
+
+def _positive(value) -> bool:
+    return math.isfinite(value) and value > 0
+
+
+def _non_negative(value) -> bool:
+    return math.isfinite(value) and value >= 0
+
+
+def _fraction(value) -> bool:
+    return math.isfinite(value) and 0 <= value < 1
+
+
+RULES: dict[str, tuple[Callable[[object], bool], str]] = {
+    "model": (lambda v: v in flax_squeezenet.MODELS, "one of " + ", ".join(flax_squeezenet.MODELS)),
+    "dtype": (lambda v: v in DTYPES, "one of " + ", ".join(DTYPES)),
+    "optimizer": (lambda v: v in optim.OPTIMIZERS, "one of " + ", ".join(optim.OPTIMIZERS)),
+    "schedule": (lambda v: v in optim.SCHEDULES, "one of " + ", ".join(optim.SCHEDULES)),
+    "parallel": (lambda v: v in parallel.PARALLEL_MODES, "one of " + ", ".join(parallel.PARALLEL_MODES)),
+    "learning_rate": (_positive, "a finite number above 0"),
+    "batch_size": (_positive, "an integer of at least 1"),
+    "num_epochs": (_positive, "a finite number above 0"),
+    "dropout_rate": (_fraction, "a number in [0, 1)"),
+    "label_smoothing": (_fraction, "a number in [0, 1)"),
+    "end_learning_rate_factor": (_non_negative, "a finite number of at least 0"),
+    "weight_decay": (_non_negative, "a finite number of at least 0"),
+    "momentum": (_fraction, "a number in [0, 1)"),
+    "grad_clip_norm": (_non_negative, "a finite number of at least 0 (0: no clipping)"),
+    "warmup_steps": (_non_negative, "an integer of at least 0"),
+    "keep_checkpoints": (_positive, "an integer of at least 1"),
+}
+
+
+def _type_error(key: str, value, expected: type) -> str | None:
+    if value is None or expected is type(None):
+        return None
+    if expected is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return None
+    if expected is tuple and isinstance(value, list):  # a tuple read back from config.json
+        return None
+    if isinstance(value, expected) and not (expected is int and isinstance(value, bool)):
+        return None
+    return f"config key {key} must be {expected.__name__}, got {value!r}"
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Raise ValueError naming the first unknown key, or key of the wrong type or out of range."""
+    reference = default.get_config()
+    for key in config:
+        if key not in reference:
+            raise ValueError(f"unknown config key {key!r}; the keys are those of train/configs/default.py")
+        expected = type(reference[key]) if reference[key] is not None else reference.get_type(key)
+        problem = _type_error(key, config[key], expected)
+        if problem:
+            raise ValueError(problem)
+    for key, (check, expected) in RULES.items():
+        value = config.get(key)
+        if value is not None and not check(value):
+            raise ValueError(f"config key {key} must be {expected}, got {value!r}")

@@ -1,0 +1,126 @@
+"""A run's workdir: its layout, the config it was started with, and the checks made before writing to it.
+
+Layout: `config.json` (the run's config), `checkpoints/`, `model/` (the trained model as a
+`flax_squeezenet.save_pretrained` directory, unless `config.model_dir` names another), metrics and
+curves (`train.reporting`).
+
+Resuming: a workdir's saved config may differ from the new one only in `RESUMABLE_KEYS`: how long
+to train, the learning rate and its schedule (lowering it after a NaN loss is the usual fix), how
+often to log / evaluate / checkpoint, where the data, the saved model and the starting weights are
+(`init_from` is read only at step 0), and how the data is read and the step run. Any other
+difference (model, dataset, classes, channels, image size, augmentation, optimiser, weight decay,
+dropout, dtype, seed, ...) changes what the checkpoints hold or mean, so the run refuses to start,
+naming the keys, and touches nothing; a checkpoint whose arrays do not fit the state is refused the
+same way (`train.checkpoints.CheckpointMismatchError`). To start over with a new config, use a new
+workdir.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import tempfile
+
+import ml_collections
+
+CONFIG_JSON = "config.json"
+CHECKPOINT_DIR = "checkpoints"
+MODEL_DIR = "model"
+PRETRAINED_METADATA = "metadata.json"  # what flax_squeezenet.save_pretrained writes in its directory
+
+RESUMABLE_KEYS = frozenset({
+    "num_epochs", "num_train_steps", "log_every_steps", "eval_every_steps", "checkpoint_every_steps",
+    "learning_rate", "schedule", "warmup_steps", "end_learning_rate_factor", "grad_clip_norm",
+    "keep_checkpoints", "measure_pipeline_throughput", "model_dir", "init_from", "data_dir", "manual_dir",
+    "train_folder", "eval_folder", "eval_split", "eval_batch_size", "cache_images", "num_workers",
+    "prefetch", "parallel", "distributed", "coordinator_address", "num_processes", "process_id",
+})  # fmt: skip
+
+
+class ConfigMismatchError(ValueError):
+    """The config differs from the one the workdir's run was started with in a key that may not change."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Paths:
+    """Where a run keeps its files."""
+
+    root: pathlib.Path
+    config_json: pathlib.Path
+    checkpoints: pathlib.Path
+    model: pathlib.Path
+
+    @classmethod
+    def of(cls, workdir: str | os.PathLike, config: ml_collections.ConfigDict) -> "Paths":
+        root = pathlib.Path(workdir).absolute()
+        model = pathlib.Path(config.model_dir).absolute() if config.model_dir else root / MODEL_DIR
+        return cls(root=root, config_json=root / CONFIG_JSON, checkpoints=root / CHECKPOINT_DIR, model=model)
+
+
+def read_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
+    """The config the run in `workdir` was started with; a one-line error if there is none or it is damaged."""
+    path = pathlib.Path(workdir) / CONFIG_JSON
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: {workdir} is not a training workdir (run python -m train first)")
+    try:
+        return ml_collections.ConfigDict(json.loads(path.read_text()))
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as error:
+        raise ValueError(f"{path} is not a config written by python -m train ({error})") from None
+
+
+def write_config(config: ml_collections.ConfigDict, path: pathlib.Path) -> None:
+    """Write `config` as JSON to `path` atomically (a temporary file renamed over it), with the umask's mode."""
+    text = config.to_json_best_effort(indent=2) + "\n"
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w") as file:
+            file.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
+        os.replace(temporary, path)
+    except BaseException:
+        pathlib.Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def changed_keys(saved: ml_collections.ConfigDict, config: ml_collections.ConfigDict) -> list[str]:
+    """The keys outside `RESUMABLE_KEYS` whose values differ between `saved` and `config` (as JSON)."""
+    old, new = json.loads(saved.to_json_best_effort()), json.loads(config.to_json_best_effort())
+    return sorted(k for k in old.keys() | new.keys() if k not in RESUMABLE_KEYS and old.get(k) != new.get(k))
+
+
+def check_resumable(config: ml_collections.ConfigDict, paths: Paths) -> None:
+    """Raise ConfigMismatchError naming the keys if `paths`' saved config differs from `config` in a fixed key."""
+    if not paths.config_json.exists():
+        return
+    saved = read_config(paths.root)
+    changed = changed_keys(saved, config)
+    if changed:
+        differences = ", ".join(f"{k}: {saved.get(k)!r} -> {config.get(k)!r}" for k in changed)
+        raise ConfigMismatchError(
+            f"{paths.root} holds a run with another config ({differences}); these keys cannot change on "
+            "resume: use a new --workdir, or the saved config.json's values"
+        )
+
+
+def check_writable(paths: Paths) -> None:
+    """One-line errors, before anything is written, for a workdir or model directory that cannot be used."""
+    root = paths.root
+    if root.exists() and not root.is_dir():
+        raise NotADirectoryError(f"workdir {root} is a file, expected a directory")
+    existing = next(p for p in (root, *root.parents) if p.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"workdir {root} cannot be written ({existing} is read-only)")
+    check_model_dir(paths.model)
+
+
+def check_model_dir(model: pathlib.Path) -> None:
+    """A one-line error unless `model` is absent, empty or a saved model (which saving replaces)."""
+    if model.exists() and not (model.is_dir() and (not any(model.iterdir()) or (model / PRETRAINED_METADATA).is_file())):
+        raise FileExistsError(
+            f"model directory {model} exists and is not a saved model (no {PRETRAINED_METADATA}); "
+            "expected a new, empty or save_pretrained directory"
+        )
