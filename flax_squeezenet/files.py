@@ -123,8 +123,16 @@ def _uploaded_directory(directory: epath.Path) -> Iterator[pathlib.Path]:
             directory.rmtree()
         uploading.rename(directory)
     finally:
-        if uploading.exists():
-            uploading.rmtree()
+        remove_tree(uploading)
+
+
+def remove_tree(path: AnyPath) -> None:
+    """Delete the directory `path` and what is in it, as far as possible; an absent `path` is fine."""
+    if not is_remote(path):
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    with contextlib.suppress(OSError):
+        path.rmtree(missing_ok=True)
 
 
 def copy_tree(source: epath.Path, destination: epath.Path) -> None:

@@ -2,10 +2,14 @@
 
 Real buckets are not reachable from the test machines: `fake_bucket` registers an fsspec
 in-memory filesystem as the `gs://` backend epath uses when TensorFlow is absent. Like an object
-store it cannot append to a file.
+store it cannot append to a file. Orbax writes a `gs://` checkpoint's arrays with TensorStore's own
+GCS client, which no offline fake serves: the training test keeps the checkpoints in a local
+directory (`bucket_checkpoints`) and everything else of the workdir in the fake bucket.
 """
 
 from __future__ import annotations
+
+import io
 
 import fsspec
 import jax
@@ -16,7 +20,12 @@ from etils import epath
 from etils.epath import backend, gpath
 from fsspec.implementations.memory import MemoryFileSystem
 
+from tensorboardX import record_writer
+from train_helpers import tiny_config, train_in_process
+
 from flax_squeezenet import files, load_pretrained, save_pretrained, squeezenet1_1
+from train import checkpoints, reporting
+from train.evaluate import evaluate_checkpoint
 
 
 class FakeBucketFileSystem(MemoryFileSystem):
@@ -123,3 +132,79 @@ def test_save_pretrained_refuses_a_bucket_directory_of_other_files(fake_bucket):
 def test_load_pretrained_names_a_missing_url(fake_bucket):
     with pytest.raises(FileNotFoundError, match="gs://bucket/absent"):
         load_pretrained("gs://bucket/absent")
+
+
+class EventFileInBucket:
+    """A TensorBoard event file written through epath, uploaded whole on each flush."""
+
+    def __init__(self, path: str):
+        self.path = epath.Path(path)
+        self.buffer = io.BytesIO()
+
+    def write(self, data: bytes) -> None:
+        self.buffer.write(data)
+
+    def flush(self) -> None:
+        self.path.write_bytes(self.buffer.getvalue())
+
+    def close(self) -> None:
+        self.flush()
+
+
+class EventFilesInBucket:
+    """tensorboardX's writer factory for `gs://` (its own one needs google-cloud-storage and a real bucket)."""
+
+    def open(self, path: str) -> EventFileInBucket:
+        return EventFileInBucket(path)
+
+    def directory_check(self, path: str) -> None:
+        del path  # object stores need no directories
+
+
+@pytest.fixture
+def bucket_checkpoints(fake_bucket, tmp_path, monkeypatch):
+    """Checkpoint managers for `gs://bucket/...` directories keep their files under `tmp_path` instead."""
+    create = checkpoints.create_checkpoint_manager
+
+    def create_locally(directory, **kwargs):
+        return create(tmp_path / str(directory).removeprefix("gs://"), **kwargs)
+
+    monkeypatch.setattr(checkpoints, "create_checkpoint_manager", create_locally)
+    monkeypatch.setitem(record_writer.REGISTERED_FACTORIES, "gs", EventFilesInBucket())
+    return tmp_path / "bucket" / "run" / "checkpoints"
+
+
+def test_a_run_in_a_bucket_trains_resumes_and_evaluates(fake_bucket, bucket_checkpoints):
+    config = tiny_config(num_train_steps=4, eval_every_steps=2, checkpoint_every_steps=2)
+    first = train_in_process(tiny_config(num_train_steps=2, eval_every_steps=2, checkpoint_every_steps=2), "gs://bucket/run")
+    assert first["model"] == "gs://bucket/run/model"
+    run = fake_bucket / "run"
+    assert {path.name for path in run.iterdir()} == {
+        "config.json", "metrics.jsonl", "metrics.csv", "tensorboard", "curves.png", "model"}  # fmt: skip
+    assert sorted(path.name for path in bucket_checkpoints.iterdir()) == ["2"]
+
+    resumed = train_in_process(config, "gs://bucket/run")
+    assert resumed["step"] == 4
+    assert sorted(path.name for path in bucket_checkpoints.iterdir()) == ["2", "4"]
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [(row["step"], row["split"]) for row in reporting.read_rows(run / "metrics.jsonl")] == [
+        (2, "train"), (2, "eval"), (4, "train"), (4, "eval")]  # fmt: skip
+    assert len(lines) == 4
+    assert (run / "curves.png").read_bytes().startswith(b"\x89PNG")
+    assert any((run / "tensorboard").iterdir())
+
+    evaluation = evaluate_checkpoint("gs://bucket/run", step="latest")
+    assert evaluation["step"] == 4
+    assert evaluation["top1"] == pytest.approx(resumed["eval"]["top1"])
+    module, variables = load_pretrained("gs://bucket/run/model")
+    assert module.num_classes == 4
+
+
+def test_a_changed_config_in_a_bucket_workdir_is_refused(fake_bucket, bucket_checkpoints):
+    from train.workdir import ConfigMismatchError
+
+    train_in_process(tiny_config(num_train_steps=2, eval_every_steps=2), "gs://bucket/run")
+    saved = (fake_bucket / "run" / "config.json").read_text()
+    with pytest.raises(ConfigMismatchError, match="seed"):
+        train_in_process(tiny_config(num_train_steps=2, eval_every_steps=2, seed=7), "gs://bucket/run")
+    assert (fake_bucket / "run" / "config.json").read_text() == saved
