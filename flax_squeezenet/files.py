@@ -35,9 +35,15 @@ def is_remote(path: str | os.PathLike) -> bool:
 
 
 def user_path(path: str | os.PathLike) -> AnyPath:
-    """A URL as an `epath.Path`; a local path with `~` expanded, made absolute (no symlinks resolved)."""
+    """A URL as an `epath.Path`; a local path with `~` expanded, made absolute (no symlinks resolved).
+
+    Raises ValueError for a URL whose scheme epath does not open.
+    """
     if is_remote(path):
-        return epath.Path(os.fspath(path))
+        try:
+            return epath.Path(os.fspath(path))
+        except KeyError:
+            raise ValueError(f"{os.fspath(path)}: expected a local path or a gs://, s3:// or az:// URL") from None
     return pathlib.Path(path).expanduser().absolute()
 
 

@@ -71,6 +71,8 @@ def test_a_url_stays_a_url_and_a_local_path_stays_local(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert str(files.user_path("gs://bucket/runs/a")) == "gs://bucket/runs/a"
     assert files.user_path("runs/a") == tmp_path / "runs" / "a"
+    with pytest.raises(ValueError, match="ftp://host/model: expected a local path or a gs://"):
+        files.user_path("ftp://host/model")
 
 
 def test_atomic_file_uploads_whole_or_not_at_all(fake_bucket):
