@@ -65,7 +65,7 @@ class Paths:
 def read_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
     """The config the run in `workdir` was started with; a one-line error if there is none or it is damaged."""
     path = files.user_path(workdir) / CONFIG_JSON
-    if not path.exists() or path.is_dir():
+    if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: {workdir} is not a training workdir (run python -m train first)")
     try:
         return ml_collections.ConfigDict(json.loads(path.read_text()))
@@ -116,7 +116,7 @@ def check_writable(paths: Paths) -> None:
 
 def check_model_dir(model: files.AnyPath) -> None:
     """A one-line error unless `model` is absent, empty or a saved model (which saving replaces)."""
-    if model.exists() and not (model.is_dir() and (not any(model.iterdir()) or (model / PRETRAINED_METADATA).exists())):
+    if model.exists() and not (model.is_dir() and (not any(model.iterdir()) or (model / PRETRAINED_METADATA).is_file())):
         raise FileExistsError(
             f"model directory {model} exists and is not a saved model (no {PRETRAINED_METADATA}); "
             "expected a new, empty or save_pretrained directory"
