@@ -241,7 +241,13 @@ def _read_weights(name_or_path: str | os.PathLike, cache_override) -> tuple[str,
             "file or directory"
         )
     with files.local_copy(path) as local:
-        return _read_local(local)
+        try:
+            return _read_local(local)
+        except ValueError as error:
+            if local == path:
+                raise
+            # The message names the temporary copy; the user knows the URL (tests/test_remote_paths.py).
+            raise type(error)(str(error).replace(str(local), str(path))) from None
 
 
 def _read_local(path: pathlib.Path) -> tuple[str, dict[str, Any], Any]:

@@ -23,7 +23,7 @@ from fsspec.implementations.memory import MemoryFileSystem
 from tensorboardX import record_writer
 from train_helpers import tiny_config, train_in_process
 
-from flax_squeezenet import files, load_pretrained, save_pretrained, squeezenet1_1
+from flax_squeezenet import files, load_pretrained, pretrained, save_pretrained, squeezenet1_1
 from train import checkpoints, reporting
 from train.evaluate import evaluate_checkpoint
 
@@ -129,6 +129,13 @@ def test_save_pretrained_refuses_a_bucket_directory_of_other_files(fake_bucket):
     with pytest.raises(FileExistsError, match="gs://bucket/notes"):
         save_pretrained("gs://bucket/notes", _variables(), model="squeezenet1_1", num_classes=5)
     assert (fake_bucket / "notes" / "todo.txt").read_text() == "keep me"
+
+
+def test_a_damaged_checkpoint_in_a_bucket_is_named_by_its_url(fake_bucket):
+    save_pretrained("gs://bucket/model", _variables(), model="squeezenet1_1", num_classes=5)
+    (fake_bucket / "model" / "metadata.json").write_text("{not json")
+    with pytest.raises(pretrained.DamagedCheckpointError, match=r"^gs://bucket/model/metadata.json is not valid JSON"):
+        load_pretrained("gs://bucket/model")
 
 
 def test_load_pretrained_names_a_missing_url(fake_bucket):
