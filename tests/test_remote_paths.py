@@ -10,6 +10,7 @@ directory (`bucket_checkpoints`) and everything else of the workdir in the fake 
 from __future__ import annotations
 
 import io
+import logging
 
 import fsspec
 import jax
@@ -117,7 +118,8 @@ def test_a_failed_save_in_a_bucket_keeps_the_old_model(fake_bucket, monkeypatch)
 
     with monkeypatch.context() as patch, pytest.raises(OSError, match="network down"):
         patch.setattr(files, "copy_tree", upload_then_fail)
-        save_pretrained("gs://bucket/model", jax.tree.map(jnp.zeros_like, variables), model="squeezenet1_1", num_classes=5)
+        zeros = jax.tree.map(jnp.zeros_like, variables)
+        save_pretrained("gs://bucket/model", zeros, model="squeezenet1_1", num_classes=5)
     after = {key: bytes(value.getvalue()) for key, value in FakeBucketFileSystem.store.items()}
     assert after == before
     _, loaded = load_pretrained("gs://bucket/model")
@@ -183,16 +185,18 @@ def bucket_checkpoints(fake_bucket, tmp_path, monkeypatch):
     return tmp_path / "bucket" / "run" / "checkpoints"
 
 
-def test_a_run_in_a_bucket_trains_resumes_and_evaluates(fake_bucket, bucket_checkpoints):
-    config = tiny_config(num_train_steps=4, eval_every_steps=2, checkpoint_every_steps=2)
-    first = train_in_process(tiny_config(num_train_steps=2, eval_every_steps=2, checkpoint_every_steps=2), "gs://bucket/run")
+def test_a_run_in_a_bucket_trains_resumes_and_evaluates(fake_bucket, bucket_checkpoints, caplog):
+    every_two_steps = {"eval_every_steps": 2, "checkpoint_every_steps": 2}
+    first = train_in_process(tiny_config(num_train_steps=2, **every_two_steps), "gs://bucket/run")
     assert first["model"] == "gs://bucket/run/model"
     run = fake_bucket / "run"
     assert {path.name for path in run.iterdir()} == {
         "config.json", "metrics.jsonl", "metrics.csv", "tensorboard", "curves.png", "model"}  # fmt: skip
     assert sorted(path.name for path in bucket_checkpoints.iterdir()) == ["2"]
 
-    resumed = train_in_process(config, "gs://bucket/run")
+    with caplog.at_level(logging.INFO, logger="train.trainer"):
+        resumed = train_in_process(tiny_config(num_train_steps=4, **every_two_steps), "gs://bucket/run")
+    assert "resumed from the checkpoint at step 2" in caplog.text
     assert resumed["step"] == 4
     assert sorted(path.name for path in bucket_checkpoints.iterdir()) == ["2", "4"]
     lines = (run / "metrics.jsonl").read_text().splitlines()
