@@ -104,7 +104,7 @@ def save_pretrained(
     preprocessing: InputConvention | None = None,
     class_names: list[str] | None = None,
     **model_kwargs: Any,
-) -> pathlib.Path:
+) -> files.AnyPath:
     """Save `variables` of the variant `model` built with `model_kwargs` to `directory`.
 
     `format="safetensors"` writes the Hugging Face Hub layout instead (see `safetensors_io`).
@@ -115,7 +115,8 @@ def save_pretrained(
     rebuilds the same module. Directories and files get the modes the umask gives. The write goes
     to a temporary sibling directory that replaces `directory` only once complete: a failed save
     leaves an existing checkpoint intact. Refuses to replace a directory that is not a checkpoint.
-    Returns the directory's absolute path.
+    `directory` may be a URL `etils.epath` opens (`gs://bucket/model`; see `files`). Returns the
+    directory's absolute path (an `epath.Path` for a URL).
     """
     directory = files.user_path(directory)
     if model not in MODELS:
@@ -239,6 +240,18 @@ def _read_weights(name_or_path: str | os.PathLike, cache_override) -> tuple[str,
             f"{name_or_path} is neither a pretrained name ({', '.join(PRETRAINED)}) nor an existing "
             "file or directory"
         )
+    with files.local_copy(path) as local:
+        try:
+            return _read_local(local)
+        except ValueError as error:
+            if local == path:
+                raise
+            # The message names the temporary copy; the user knows the URL (tests/test_remote_paths.py).
+            raise type(error)(str(error).replace(str(local), str(path))) from None
+
+
+def _read_local(path: pathlib.Path) -> tuple[str, dict[str, Any], Any]:
+    """(architecture name, saved model options, variables as numpy) from the local file or directory `path`."""
     if path.is_dir() and safetensors_io.is_safetensors_dir(path):
         config, variables = safetensors_io.read_safetensors(path)
         return config["model"], _decode_kwargs(config.get("model_kwargs", {})), variables
@@ -307,7 +320,8 @@ def load_pretrained(
 
     Args:
       name_or_path: "squeezenet1_0" or "squeezenet1_1" (torchvision's IMAGENET1K_V1 weights,
-        downloaded into the cache on first use), or a path (relative, absolute or with `~`): a
+        downloaded into the cache on first use), or a path (relative, absolute, with `~`, or a
+        URL `etils.epath` opens such as `gs://bucket/model`, read through a local copy): a
         torchvision `.pth` state dict, a directory written by `save_pretrained` (Orbax, or
         `model.safetensors` + `config.json`), an ncnn `.param`/`.bin` file, the paper's Deep
         Compression `.net` file (see `deepcompression` for its Caffe conventions), or

@@ -8,8 +8,8 @@ import struct
 
 import pytest
 
-from train import reporting, trainer
-from train_helpers import tiny_config
+from train import reporting
+from train_helpers import tiny_config, train_in_process
 
 
 def log(workdir, rows, resume_step=None):
@@ -115,10 +115,10 @@ def test_tensorboard_is_told_to_purge_events_after_the_resume_step(tmp_path):
 @pytest.mark.slow
 def test_a_run_killed_after_logging_its_eval_resumes_without_duplicate_rows(tmp_path):
     config = tiny_config()
-    trainer.train_and_evaluate(config, tmp_path)
+    train_in_process(config, tmp_path)
     # As if SIGKILL came during the final eval: step 12's rows were logged, its checkpoint never written.
     shutil.rmtree(tmp_path / "checkpoints" / "12")
-    trainer.train_and_evaluate(config, tmp_path)
+    train_in_process(config, tmp_path)
     keys = jsonl_keys(tmp_path)
     assert len(keys) == len(set(keys))
     assert sorted(step for step, split in keys if split == "train") == [2, 4, 6, 8, 10, 12]

@@ -4,7 +4,8 @@ Each checkpoint is a step directory with two items: "state" (the TrainState's ar
 optimiser state, step, rng) and "data" (the grain iterator's position, one JSON file per process).
 Orbax writes a step to a temporary directory and renames it once complete, so a run killed while
 saving leaves no half-written step behind. Kept: the latest `keep` steps plus the best by eval
-top-1 (steps saved with eval metrics).
+top-1 (steps saved with eval metrics). The directory may be a URL (`gs://bucket/run/checkpoints`),
+which Orbax writes through `etils.epath` and TensorStore.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import pathlib
 import shutil
 from typing import Any, Optional
@@ -20,6 +22,8 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
+
+from flax_squeezenet import files
 
 BEST_METRIC = "eval_top1"
 
@@ -45,7 +49,7 @@ def create_checkpoint_manager(directory: str | pathlib.Path, *, keep: int, read_
         read_only=read_only,
         create=not read_only,
     )
-    return ocp.CheckpointManager(pathlib.Path(directory).absolute(), options=options)
+    return ocp.CheckpointManager(files.user_path(directory), options=options)
 
 
 class CheckpointWriteError(OSError):
@@ -58,8 +62,13 @@ def _first_line(error: BaseException, limit: int = 400) -> str:
     return text if len(text) <= limit else f"{text[: limit // 3]} ... {text[-2 * limit // 3 :]}"
 
 
-def check_free_space(directory: pathlib.Path, state: Any) -> None:
-    """CheckpointWriteError, before writing, if `directory`'s file system has less room than `state`'s arrays take."""
+def check_free_space(directory: files.AnyPath, state: Any) -> None:
+    """CheckpointWriteError, before writing, if `directory`'s file system has less room than `state`'s arrays take.
+
+    A remote store reports no free space; its errors come from the write.
+    """
+    if files.is_remote(directory):
+        return
     needed = sum(leaf.nbytes for leaf in jax.tree.leaves(state))
     free = shutil.disk_usage(directory).free
     if free < needed:
@@ -82,7 +91,7 @@ def save(
     CheckpointWriteError if there is no room for it, or if this or the previous save failed (its
     temporary directory is removed).
     """
-    check_free_space(pathlib.Path(manager.directory), state)
+    check_free_space(files.user_path(manager.directory), state)
     items = {"state": ocp.args.StandardSave(state)}
     if data_iterator is not None:
         items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
@@ -123,7 +132,7 @@ def _path_name(path: tuple) -> str:
     return ".".join(str(p) for p in parts)
 
 
-def _saved_shapes(directory: pathlib.Path) -> dict[str, tuple]:
+def _saved_shapes(directory: files.AnyPath) -> dict[str, tuple]:
     """{name: (shape, dtype)} of the arrays saved in the state item `directory`; UnreadableCheckpointError if unreadable."""
     try:
         with ocp.StandardCheckpointer() as checkpointer:
@@ -139,7 +148,7 @@ def _saved_shapes(directory: pathlib.Path) -> dict[str, tuple]:
 
 def check_compatible(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> None:
     """CheckpointMismatchError naming the first differing array if step `step` does not fit `abstract_state`."""
-    step_dir = pathlib.Path(manager.directory) / str(step)
+    step_dir = files.user_path(manager.directory) / str(step)
     saved = _saved_shapes(step_dir / "state")
     for path, leaf in jax.tree_util.tree_leaves_with_path(abstract_state):
         expected = (tuple(leaf.shape), str(leaf.dtype))
@@ -159,7 +168,7 @@ def restore_or_explain(
     try:
         return restore(manager, step, abstract_state, data_iterator)
     except Exception as error:  # noqa: BLE001 - the shapes fit, so a failure to read means damaged files
-        step_dir = pathlib.Path(manager.directory) / str(step)
+        step_dir = files.user_path(manager.directory) / str(step)
         raise UnreadableCheckpointError(f"checkpoint {step_dir} is unreadable ({_first_line(error)})") from None
 
 
@@ -186,7 +195,7 @@ def restore_latest_good(
 
 def _set_aside(manager: ocp.CheckpointManager, step: int) -> None:
     if jax.process_index() == 0:
-        root = pathlib.Path(manager.directory)
+        root = files.user_path(manager.directory)
         aside = root.with_name(root.name + "_unreadable")
         aside.mkdir(exist_ok=True)
         (root / str(step)).rename(aside / str(step))
@@ -221,11 +230,11 @@ def abstract_like(state: Any, sharding: jax.sharding.Sharding) -> Any:
 PARTIAL_SAVE_MARK = ".orbax-checkpoint-tmp"
 
 
-def remove_partial_saves(directory: str | pathlib.Path) -> None:
+def remove_partial_saves(directory: str | os.PathLike) -> None:
     """Delete the temporary directories of saves that never completed (Orbax renames a complete one)."""
     if jax.process_index() == 0:
-        for partial in pathlib.Path(directory).glob(f"*{PARTIAL_SAVE_MARK}*"):
-            shutil.rmtree(partial, ignore_errors=True)
+        for partial in files.user_path(directory).glob(f"*{PARTIAL_SAVE_MARK}*"):
+            files.remove_tree(partial)
 
 
 def finish(manager: ocp.CheckpointManager) -> None:

@@ -1,7 +1,9 @@
 """What a user sees of a run: a progress bar, metric files (TensorBoard, JSONL, CSV) and a plot.
 
 Everything is written by process 0 only, under the workdir: `metrics.jsonl` and `metrics.csv`
-(one row per logged step and split), `tensorboard/` (event files) and `curves.png`.
+(one row per logged step and split), `tensorboard/` (event files) and `curves.png`. A remote workdir
+(`gs://...`) gets the same files: object stores cannot append, so there a metrics file is rewritten
+whole on each write (TensorBoard's own writer uploads its event file the same way).
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ import json
 import logging
 import math
 import os
-import pathlib
 from collections.abc import Iterable, Mapping
 from typing import Any, Optional
 
 import tqdm
+
+from flax_squeezenet import files
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +39,8 @@ class MetricWriter:
     TensorBoard to drop its events after `resume_step`.
     """
 
-    def __init__(self, workdir: str | pathlib.Path, enabled: bool = True, resume_step: Optional[int] = None):
-        self.workdir = pathlib.Path(workdir)
+    def __init__(self, workdir: str | os.PathLike, enabled: bool = True, resume_step: Optional[int] = None):
+        self.workdir = files.user_path(workdir)
         self.enabled = enabled
         self._tensorboard = None
         if enabled:
@@ -53,12 +56,9 @@ class MetricWriter:
         if not self.enabled:
             return
         row = {"step": int(step), "split": split, **{k: float(v) for k, v in metrics.items()}}
-        with open(self.workdir / METRICS_JSONL, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        append_text(self.workdir / METRICS_JSONL, json.dumps(row) + "\n")
         csv_path = self.workdir / METRICS_CSV
-        new_file = not csv_path.exists()
-        with open(csv_path, "a", newline="") as f:
-            f.write(csv_text([row], header=new_file))
+        append_text(csv_path, csv_text([row], header=not csv_path.exists()))
         for name, value in metrics.items():
             self._tensorboard.add_scalar(f"{split}/{name}", float(value), int(step))
         self._tensorboard.flush()
@@ -66,6 +66,15 @@ class MetricWriter:
     def close(self) -> None:
         if self._tensorboard is not None:
             self._tensorboard.close()
+
+
+def append_text(path: files.AnyPath, text: str) -> None:
+    """Add `text` at the end of `path` (created if absent); a remote file is replaced whole, as stores cannot append."""
+    if files.is_remote(path):
+        write_atomically(path, (path.read_text() if path.exists() else "") + text)
+        return
+    with open(path, "a", newline="") as f:
+        f.write(text)
 
 
 def csv_text(rows: Iterable[Mapping[str, Any]], header: bool) -> str:
@@ -79,7 +88,7 @@ def csv_text(rows: Iterable[Mapping[str, Any]], header: bool) -> str:
     return buffer.getvalue()
 
 
-def read_rows(path: pathlib.Path) -> list[dict[str, Any]]:
+def read_rows(path: files.AnyPath) -> list[dict[str, Any]]:
     """The rows of a `metrics.jsonl` file, in order; a last line cut off by a killed run is left out.
 
     Raises a ValueError naming the file and line when a line before the last is not a metrics row.
@@ -102,13 +111,13 @@ def read_rows(path: pathlib.Path) -> list[dict[str, Any]]:
     return rows
 
 
-def truncate_metrics(workdir: str | pathlib.Path, resume_step: int) -> None:
+def truncate_metrics(workdir: str | os.PathLike, resume_step: int) -> None:
     """Make `metrics.jsonl` and `metrics.csv` hold each (step, split) once and no step after `resume_step`.
 
     Of a (step, split) logged twice the last row is kept. The CSV is rebuilt from the JSONL rows; each
     file is replaced atomically, and only when its content changes.
     """
-    workdir = pathlib.Path(workdir)
+    workdir = files.user_path(workdir)
     rows = read_rows(workdir / METRICS_JSONL)
     kept: dict[tuple[int, str], dict[str, Any]] = {}
     for row in rows:
@@ -127,34 +136,29 @@ def truncate_metrics(workdir: str | pathlib.Path, resume_step: int) -> None:
             write_atomically(path, text)
 
 
-def write_atomically(path: pathlib.Path, text: str) -> None:
+def write_atomically(path: files.AnyPath, text: str) -> None:
     """Replace `path` by a file holding `text` (the old file stays whole if this fails; the user's umask applies)."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(temporary, "w", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    with files.atomic_file(path) as temporary, open(temporary, "w", newline="") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
 
 
-def read_metrics(workdir: str | pathlib.Path) -> dict[str, dict[int, dict[str, float]]]:
+def read_metrics(workdir: str | os.PathLike) -> dict[str, dict[int, dict[str, float]]]:
     """The rows of `metrics.jsonl` as {split: {step: metrics}} (later rows of a step win)."""
     result: dict[str, dict[int, dict[str, float]]] = {}
-    for row in read_rows(pathlib.Path(workdir) / METRICS_JSONL):
+    for row in read_rows(files.user_path(workdir) / METRICS_JSONL):
         step, split = row.pop("step"), row.pop("split")
         result.setdefault(split, {})[step] = row
     return result
 
 
-def plot_curves(workdir: str | pathlib.Path, output: Optional[str | pathlib.Path] = None) -> pathlib.Path:
+def plot_curves(workdir: str | os.PathLike, output: Optional[str | os.PathLike] = None) -> files.AnyPath:
     """Plot train and eval loss and top-1 by step from `metrics.jsonl` into a PNG; returns its path."""
     from matplotlib.figure import Figure  # no pyplot: leaves a notebook's plotting backend alone
 
-    workdir = pathlib.Path(workdir)
-    output = pathlib.Path(output) if output else workdir / CURVES_PNG
+    workdir = files.user_path(workdir)
+    output = files.user_path(output) if output else workdir / CURVES_PNG
     metrics = read_metrics(workdir)
     fig = Figure(figsize=(15, 4))
     axes = fig.subplots(1, 3)
@@ -171,9 +175,8 @@ def plot_curves(workdir: str | pathlib.Path, output: Optional[str | pathlib.Path
         if ax.get_legend_handles_labels()[0]:
             ax.legend()
     fig.tight_layout()
-    tmp = output.with_name(output.name + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    tmp.replace(output)
+    with files.atomic_file(output) as temporary:
+        fig.savefig(temporary, dpi=100, format="png")
     return output
 
 

@@ -13,6 +13,9 @@ dropout, dtype, seed, ...) changes what the checkpoints hold or mean, so the run
 naming the keys, and touches nothing; a checkpoint whose arrays do not fit the state is refused the
 same way (`train.checkpoints.CheckpointMismatchError`). To start over with a new config, use a new
 workdir.
+
+The workdir and `model_dir` may be URLs `etils.epath` opens (`gs://bucket/run`): their paths are then
+`epath.Path`s, and Orbax writes the checkpoints there directly (`flax_squeezenet.files`).
 """
 
 from __future__ import annotations
@@ -20,10 +23,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import pathlib
-import tempfile
 
 import ml_collections
+
+from flax_squeezenet import files
 
 CONFIG_JSON = "config.json"
 CHECKPOINT_DIR = "checkpoints"
@@ -47,21 +50,21 @@ class ConfigMismatchError(ValueError):
 class Paths:
     """Where a run keeps its files."""
 
-    root: pathlib.Path
-    config_json: pathlib.Path
-    checkpoints: pathlib.Path
-    model: pathlib.Path
+    root: files.AnyPath
+    config_json: files.AnyPath
+    checkpoints: files.AnyPath
+    model: files.AnyPath
 
     @classmethod
     def of(cls, workdir: str | os.PathLike, config: ml_collections.ConfigDict) -> "Paths":
-        root = pathlib.Path(workdir).absolute()
-        model = pathlib.Path(config.model_dir).absolute() if config.model_dir else root / MODEL_DIR
+        root = files.user_path(workdir)
+        model = files.user_path(config.model_dir) if config.model_dir else root / MODEL_DIR
         return cls(root=root, config_json=root / CONFIG_JSON, checkpoints=root / CHECKPOINT_DIR, model=model)
 
 
 def read_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
     """The config the run in `workdir` was started with; a one-line error if there is none or it is damaged."""
-    path = pathlib.Path(workdir) / CONFIG_JSON
+    path = files.user_path(workdir) / CONFIG_JSON
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: {workdir} is not a training workdir (run python -m train first)")
     try:
@@ -70,20 +73,10 @@ def read_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
         raise ValueError(f"{path} is not a config written by python -m train ({error})") from None
 
 
-def write_config(config: ml_collections.ConfigDict, path: pathlib.Path) -> None:
-    """Write `config` as JSON to `path` atomically (a temporary file renamed over it), with the umask's mode."""
-    text = config.to_json_best_effort(indent=2) + "\n"
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as file:
-            file.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)
-        os.replace(temporary, path)
-    except BaseException:
-        pathlib.Path(temporary).unlink(missing_ok=True)
-        raise
+def write_config(config: ml_collections.ConfigDict, path: files.AnyPath) -> None:
+    """Write `config` as JSON to `path`, whole or not at all, with the umask's mode (`files.atomic_file`)."""
+    with files.atomic_file(path) as temporary:
+        temporary.write_text(config.to_json_best_effort(indent=2) + "\n")
 
 
 def changed_keys(saved: ml_collections.ConfigDict, config: ml_collections.ConfigDict) -> list[str]:
@@ -107,17 +100,21 @@ def check_resumable(config: ml_collections.ConfigDict, paths: Paths) -> None:
 
 
 def check_writable(paths: Paths) -> None:
-    """One-line errors, before anything is written, for a workdir or model directory that cannot be used."""
+    """One-line errors, before anything is written, for a workdir or model directory that cannot be used.
+
+    A remote workdir's permissions are only known by writing: its errors come from the first write.
+    """
     root = paths.root
     if root.exists() and not root.is_dir():
         raise NotADirectoryError(f"workdir {root} is a file, expected a directory")
-    existing = next(p for p in (root, *root.parents) if p.exists())
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise PermissionError(f"workdir {root} cannot be written ({existing} is read-only)")
+    if not files.is_remote(root):
+        existing = next(p for p in (root, *root.parents) if p.exists())
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise PermissionError(f"workdir {root} cannot be written ({existing} is read-only)")
     check_model_dir(paths.model)
 
 
-def check_model_dir(model: pathlib.Path) -> None:
+def check_model_dir(model: files.AnyPath) -> None:
     """A one-line error unless `model` is absent, empty or a saved model (which saving replaces)."""
     if model.exists() and not (model.is_dir() and (not any(model.iterdir()) or (model / PRETRAINED_METADATA).is_file())):
         raise FileExistsError(
