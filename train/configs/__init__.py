@@ -11,7 +11,7 @@ import pathlib
 import ml_collections
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent
-PRESETS = ("fashion_mnist", "cifar10", "imagenet")
+PRESETS = ("fashion_mnist", "cifar10", "cifar10_finetune", "imagenet")
 DEFAULT_PRESET = "fashion_mnist"
 
 
@@ -36,6 +36,8 @@ def get_preset(name: str) -> ml_collections.ConfigDict:
         from train.configs import fashion_mnist as module
     elif name == "cifar10":
         from train.configs import cifar10 as module
+    elif name == "cifar10_finetune":
+        from train.configs import cifar10_finetune as module
     else:
         from train.configs import imagenet as module
     return module.get_config()
