@@ -32,7 +32,7 @@ def test_presets_set_only_what_differs_from_the_default():
 
 
 def test_unknown_preset_is_a_clear_error(tmp_path):
-    with pytest.raises(ValueError, match="fashion_mnist, cifar10, imagenet"):
+    with pytest.raises(ValueError, match="fashion_mnist, cifar10, cifar10_finetune, imagenet"):
         configs.config_file("mnist_big")
     with pytest.raises(ValueError, match="unknown preset"):
         configs.get_preset("mnist_big")

@@ -6,6 +6,7 @@ takes it (`--config path/to/config.py`, or `path/to/config.py:ARG` for a `get_co
 
 from __future__ import annotations
 
+import importlib
 import pathlib
 
 import ml_collections
@@ -32,12 +33,4 @@ def get_preset(name: str) -> ml_collections.ConfigDict:
     """The config of preset `name` (one of `PRESETS`)."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; expected one of {', '.join(PRESETS)}")
-    if name == "fashion_mnist":
-        from train.configs import fashion_mnist as module
-    elif name == "cifar10":
-        from train.configs import cifar10 as module
-    elif name == "cifar10_finetune":
-        from train.configs import cifar10_finetune as module
-    else:
-        from train.configs import imagenet as module
-    return module.get_config()
+    return importlib.import_module(f"train.configs.{name}").get_config()
