@@ -111,7 +111,7 @@ def test_pruning_is_chained_last_only_when_asked():
      "names no conv layer: 'fire10/squeeze'; the layers are classifier, conv1, fire2/expand1x1"),
     ({"prune_density": 0.3, "prune_layer_densities": {"classifier": 0.0}}, "prune_layer_densities.classifier must be"),
     ({"prune_layer_densities": {"classifier": 0.5}}, "prune_layer_densities needs prune_density"),
-    ({"prune_density": 0.3, "prune_begin_step": 5, "prune_end_step": 5}, "prune_end_step must be after prune_begin_step"),
+    ({"prune_density": 0.3, "prune_begin_step": 5, "prune_end_step": 5}, "prune_end_step must be after prune_begin"),
     ({"prune_density": 0.3, "prune_frequency": 0}, "prune_frequency must be an integer of at least 1"),
     ({"prune_density": 0.3, "prune_end_step": -2}, "prune_end_step must be an integer of at least 1, or -1"),
 ])  # fmt: skip
@@ -175,3 +175,52 @@ def test_jit_over_a_mesh_and_pmap_prune_alike():
             assert found["zero_outside"], (mode, layer)
             assert found["kept"] == round(_target(layer) * found["size"]), (mode, layer)
     assert result["max_diff"] < 1e-4
+
+
+# As tests/test_train_resume.py's run, shorter, with the masks recomputed before and after the kill.
+KILLED_CONFIG = tiny_config(num_train_steps=30, checkpoint_every_steps=5, eval_every_steps=15, log_every_steps=5,
+                            dropout_rate=0.5, augment="crop_flip", prune_density=0.3, prune_begin_step=2,
+                            prune_frequency=4)  # fmt: skip
+LAYER_FLAG = f"--config.prune_layer_densities={LAYER_OVERRIDES!r}"
+
+
+def _saved_steps(directory):
+    checkpoints = directory / "checkpoints"
+    return sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()) if checkpoints.is_dir() else []
+
+
+def _train(directory, kill_after_a_checkpoint: bool = False, timeout: float = 900) -> subprocess.CompletedProcess:
+    """`python -m train` of KILLED_CONFIG with the layer overrides as a flag; SIGKILLed once a step > 0 is saved."""
+    process = subprocess.Popen([*train_command(directory, KILLED_CONFIG), LAYER_FLAG], env=subprocess_env(), cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + timeout
+    while kill_after_a_checkpoint and not any(_saved_steps(directory)):
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.02)
+    if kill_after_a_checkpoint:
+        process.send_signal(signal.SIGKILL)
+    stdout, stderr = process.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_matches_the_uninterrupted_pruned_run(tmp_path):
+    reference = _train(tmp_path / "reference")
+    assert reference.returncode == 0, reference.stderr[-3000:]
+
+    interrupted = tmp_path / "interrupted"
+    killed = _train(interrupted, kill_after_a_checkpoint=True)
+    assert killed.returncode == -signal.SIGKILL
+    killed_at = max(_saved_steps(interrupted))
+    assert 2 < killed_at < 20, "the kill missed the pruning schedule; nothing was tested"
+
+    resumed = _train(interrupted)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from the checkpoint at step {killed_at}" in resumed.stderr
+    _, expected = flax_squeezenet.load_pretrained(tmp_path / "reference" / "model")
+    _, actual = flax_squeezenet.load_pretrained(interrupted / "model")
+    jax.tree_util.tree_map_with_path(
+        lambda path, a, b: np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path)), expected, actual
+    )
+    assert pruning.kernel_density(actual["params"]) == pytest.approx(0.3, abs=0.01)

@@ -8,6 +8,7 @@ from flax_squeezenet.compression import pruning
 
 SCHEDULES = ("constant", "linear", "warmup_cosine")
 OPTIMIZERS = ("adam", "adamw", "sgd")
+PAPER_DENSITIES = "paper"  # prune_density's name for pruning.PAPER_V1_0_DENSITIES
 
 
 def create_learning_rate_schedule(config, num_train_steps: int) -> optax.Schedule:
@@ -53,10 +54,12 @@ def pruning_steps(config, num_train_steps: int) -> tuple[int, int]:
 def create_pruning(config, num_train_steps: int) -> optax.GradientTransformation:
     """`pruning.prune_by_magnitude` to `config.prune_density` ("paper": the v1.0 model's table) and
     `config.prune_layer_densities`, over `pruning_steps`, recomputing the masks every `prune_frequency` steps."""
-    density = None if config.prune_density == "paper" else float(config.prune_density)
+    density = None if config.prune_density == PAPER_DENSITIES else float(config.prune_density)
     begin, end = pruning_steps(config, num_train_steps)
     overrides = {layer: float(value) for layer, value in config.prune_layer_densities.items()}
-    return pruning.prune_by_magnitude(density, overrides, begin_step=begin, end_step=end, frequency=config.prune_frequency)
+    return pruning.prune_by_magnitude(
+        density, overrides, begin_step=begin, end_step=end, frequency=config.prune_frequency
+    )
 
 
 def create_optimizer(config, learning_rate: optax.Schedule, num_train_steps: int) -> optax.GradientTransformation:

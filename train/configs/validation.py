@@ -36,9 +36,6 @@ def _density(value) -> bool:
     return number and math.isfinite(value) and 0 < value <= 1
 
 
-PAPER_DENSITIES = "paper"  # prune_density's name for pruning.PAPER_V1_0_DENSITIES
-
-
 RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "model": (lambda v: v in flax_squeezenet.MODELS, "one of " + ", ".join(flax_squeezenet.MODELS)),
     "dtype": (lambda v: v in DTYPES, "one of " + ", ".join(DTYPES)),
@@ -56,7 +53,8 @@ RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "grad_clip_norm": (_non_negative, "a finite number of at least 0 (0: no clipping)"),
     "warmup_steps": (_non_negative, "an integer of at least 0"),
     "keep_checkpoints": (_positive, "an integer of at least 1"),
-    "prune_density": (lambda v: v == PAPER_DENSITIES or _density(v), f"a number in (0, 1] or {PAPER_DENSITIES!r}"),
+    "prune_density": (lambda v: v == optim.PAPER_DENSITIES or _density(v),
+                      f"a number in (0, 1] or {optim.PAPER_DENSITIES!r}"),
     "prune_begin_step": (_non_negative, "an integer of at least 0"),
     "prune_end_step": (lambda v: v == -1 or _positive(v), "an integer of at least 1, or -1 (2/3 of the run)"),
     "prune_frequency": (_positive, "an integer of at least 1"),
