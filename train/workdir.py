@@ -92,7 +92,8 @@ def check_resumable(config: ml_collections.ConfigDict, paths: Paths) -> None:
     saved = read_config(paths.root)
     changed = changed_keys(saved, config)
     if changed:
-        differences = ", ".join(f"{k}: {saved.get(k)!r} -> {config.get(k)!r}" for k in changed)
+        old, new = json.loads(saved.to_json_best_effort()), json.loads(config.to_json_best_effort())
+        differences = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)  # one line, dicts too
         raise ConfigMismatchError(
             f"{paths.root} holds a run with another config ({differences}); these keys cannot change on "
             "resume: use a new --workdir, or the saved config.json's values"
