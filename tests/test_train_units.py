@@ -57,12 +57,12 @@ def test_warmup_cosine_and_linear_schedules():
 
 def test_gradient_clipping_bounds_the_update():
     config = tiny_config(optimizer="sgd", momentum=0.0, grad_clip_norm=1.0, learning_rate=1.0)
-    tx = optim.create_optimizer(config, optax.constant_schedule(1.0))
+    tx = optim.create_optimizer(config, optax.constant_schedule(1.0), 10)
     params = {"w": jnp.zeros(4)}
     updates, _ = tx.update({"w": jnp.full(4, 100.0)}, tx.init(params), params)
     assert float(optax.tree.norm(updates)) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="unknown optimizer"):
-        optim.create_optimizer(tiny_config(optimizer="lamb"), optax.constant_schedule(1.0))
+        optim.create_optimizer(tiny_config(optimizer="lamb"), optax.constant_schedule(1.0), 10)
 
 
 def test_loss_with_label_smoothing_and_top_k():

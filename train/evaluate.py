@@ -17,6 +17,7 @@ from typing import Optional
 import jax
 
 import flax_squeezenet
+from flax_squeezenet.compression import pruning
 from train import input_pipeline, parallel, steps
 from train import run as run_lib
 from train import workdir as workdir_lib
@@ -24,7 +25,8 @@ from train.state import TrainState
 
 
 def evaluate(run: run_lib.Run, state: TrainState, eval_step: Callable) -> dict[str, float]:
-    """Mean loss, top-1 and top-5 of `state` over the run's eval split (all processes' shares)."""
+    """Mean loss, top-1 and top-5 of `state` over the run's eval split (all processes' shares); with
+    pruning on, also `density`: the fraction of its conv weights not zero."""
     totals: dict[str, float] = {}
     for batch in input_pipeline.create_eval_batches(run.data, process_index=jax.process_index(),
                                                     process_count=jax.process_count()):  # fmt: skip
@@ -32,7 +34,10 @@ def evaluate(run: run_lib.Run, state: TrainState, eval_step: Callable) -> dict[s
         for k, v in sums.items():
             totals[k] = totals.get(k, 0.0) + float(v)
     count = totals.pop("count")
-    return {k: v / count for k, v in totals.items()}
+    metrics = {k: v / count for k, v in totals.items()}
+    if run.config.prune_density is not None:
+        metrics["density"] = pruning.kernel_density(state.params)
+    return metrics
 
 
 def evaluate_checkpoint(workdir: str, split: Optional[str] = None, step: str = "best") -> dict:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import optax
 
+from flax_squeezenet.compression import pruning
+
 SCHEDULES = ("constant", "linear", "warmup_cosine")
 OPTIMIZERS = ("adam", "adamw", "sgd")
+PAPER_DENSITIES = "paper"  # prune_density's name for pruning.PAPER_V1_0_DENSITIES
 
 
 def create_learning_rate_schedule(config, num_train_steps: int) -> optax.Schedule:
@@ -32,8 +35,36 @@ def create_learning_rate_schedule(config, num_train_steps: int) -> optax.Schedul
     return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), main], [warmup])
 
 
-def create_optimizer(config, learning_rate: optax.Schedule) -> optax.GradientTransformation:
-    """`config.optimizer` with optional global-norm clipping (`config.grad_clip_norm` > 0).
+def pruning_steps(config, num_train_steps: int) -> tuple[int, int]:
+    """The steps pruning begins and reaches its target densities at (`prune_end_step` -1: 2/3 of the run).
+
+    Raises ValueError unless begin < end < `num_train_steps`, so the run ends at the target densities.
+    """
+    begin = config.prune_begin_step
+    end = config.prune_end_step if config.prune_end_step != -1 else 2 * num_train_steps // 3
+    named = f"prune_end_step ({end}{', 2/3 of the run' if config.prune_end_step == -1 else ''})"
+    if not begin < end < num_train_steps:
+        raise ValueError(
+            f"config keys prune_begin_step ({begin}) < {named} < num_train_steps ({num_train_steps}) "
+            "must hold, so the run ends at the target densities"
+        )
+    return begin, end
+
+
+def create_pruning(config, num_train_steps: int) -> optax.GradientTransformation:
+    """`pruning.prune_by_magnitude` to `config.prune_density` ("paper": the v1.0 model's table) and
+    `config.prune_layer_densities`, over `pruning_steps`, recomputing the masks every `prune_frequency` steps."""
+    density = None if config.prune_density == PAPER_DENSITIES else float(config.prune_density)
+    begin, end = pruning_steps(config, num_train_steps)
+    overrides = {layer: float(value) for layer, value in config.prune_layer_densities.items()}
+    return pruning.prune_by_magnitude(
+        density, overrides, begin_step=begin, end_step=end, frequency=config.prune_frequency
+    )
+
+
+def create_optimizer(config, learning_rate: optax.Schedule, num_train_steps: int) -> optax.GradientTransformation:
+    """`config.optimizer` with optional global-norm clipping (`config.grad_clip_norm` > 0), and
+    magnitude pruning (`config.prune_density` set) chained last so pruned weights stay exactly zero.
 
     "adamw" decays weights decoupled from the gradient; "adam" and "sgd" (with `config.momentum`)
     add `weight_decay * params` to the gradient (L2), as the paper's Caffe solver did.
@@ -47,4 +78,6 @@ def create_optimizer(config, learning_rate: optax.Schedule) -> optax.GradientTra
         raise ValueError(f"unknown optimizer {config.optimizer!r}; expected one of {', '.join(OPTIMIZERS)}")
     if config.grad_clip_norm > 0:
         optimizer = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), optimizer)
+    if config.prune_density is not None:
+        optimizer = optax.chain(optimizer, create_pruning(config, num_train_steps))
     return optimizer

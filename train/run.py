@@ -88,7 +88,7 @@ def build_run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> 
     kwargs = model_kwargs(config, data.info.num_classes, data.info.image_shape[-1])
     model = flax_squeezenet.create_model(config.model, **kwargs)
     learning_rate_fn = optim.create_learning_rate_schedule(config, schedule.num_train_steps)
-    optimizer = optim.create_optimizer(config, learning_rate_fn)
+    optimizer = optim.create_optimizer(config, learning_rate_fn, schedule.num_train_steps)
     shapes = jax.eval_shape(functools.partial(create_train_state, model, optimizer, data.info.image_shape, config.seed))
     return Run(
         config=config,

@@ -9,10 +9,10 @@ to train, the learning rate and its schedule (lowering it after a NaN loss is th
 often to log / evaluate / checkpoint, where the data, the saved model and the starting weights are
 (`init_from` is read only at step 0), and how the data is read and the step run. Any other
 difference (model, dataset, classes, channels, image size, augmentation, optimiser, weight decay,
-dropout, dtype, seed, ...) changes what the checkpoints hold or mean, so the run refuses to start,
-naming the keys, and touches nothing; a checkpoint whose arrays do not fit the state is refused the
-same way (`train.checkpoints.CheckpointMismatchError`). To start over with a new config, use a new
-workdir.
+dropout, dtype, seed, the `prune_*` keys that made the checkpoint's pruning masks, ...) changes what
+the checkpoints hold or mean, so the run refuses to start, naming the keys, and touches nothing; a
+checkpoint whose arrays do not fit the state is refused the same way
+(`train.checkpoints.CheckpointMismatchError`). To start over with a new config, use a new workdir.
 
 The workdir and `model_dir` may be URLs `etils.epath` opens (`gs://bucket/run`): their paths are then
 `epath.Path`s, and Orbax writes the checkpoints there directly (`flax_squeezenet.files`).
@@ -92,7 +92,8 @@ def check_resumable(config: ml_collections.ConfigDict, paths: Paths) -> None:
     saved = read_config(paths.root)
     changed = changed_keys(saved, config)
     if changed:
-        differences = ", ".join(f"{k}: {saved.get(k)!r} -> {config.get(k)!r}" for k in changed)
+        old, new = json.loads(saved.to_json_best_effort()), json.loads(config.to_json_best_effort())
+        differences = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)  # one line, dicts too
         raise ConfigMismatchError(
             f"{paths.root} holds a run with another config ({differences}); these keys cannot change on "
             "resume: use a new --workdir, or the saved config.json's values"

@@ -27,6 +27,9 @@ PAPER_V1_0_DENSITIES: dict[str, float] = {
     "classifier": 0.2,
 }  # fmt: skip
 
+# The conv layers of both SqueezeNet variants, by path (the names prune_layer_densities takes).
+CONV_LAYERS: tuple[str, ...] = tuple(sorted(PAPER_V1_0_DENSITIES))
+
 
 def _layer(path: tuple[str, ...]) -> str:
     return "/".join(path[:-1])
@@ -79,6 +82,12 @@ def apply_masks(params: Any, masks: Any) -> Any:
     return jax.tree_util.tree_map(lambda leaf, mask: jnp.where(mask, leaf, jnp.zeros_like(leaf)), params, masks)
 
 
+def kernel_density(params: Any) -> float:
+    """The fraction of the conv kernels' weights that are not zero (biases are not counted)."""
+    kernels = [leaf for leaf in jax.tree_util.tree_leaves(params) if jnp.ndim(leaf) >= 2]
+    return float(sum(jnp.count_nonzero(leaf) for leaf in kernels) / sum(leaf.size for leaf in kernels))
+
+
 def cubic_density(
     step: jax.Array, final_density: float, begin_step: int, end_step: int, initial_density: float = 1.0
 ) -> jax.Array:
@@ -105,7 +114,7 @@ def prune_by_magnitude(
 ) -> optax.GradientTransformation:
     """Prune gradually to the per-conv densities `layer_densities(params, density, overrides)`.
 
-    Every `frequency` steps from `begin_step` to `end_step` the masks are recomputed from the
+    Every `frequency` steps from `begin_step`, and at `end_step`, the masks are recomputed from the
     magnitudes of the updated weights at the density of `cubic_density`. Chain it last: the
     updates it returns bring every masked weight to exactly zero, and leave kept weights' updates
     unchanged. Deterministic, so replicas under pmap or a mesh compute the same masks.
@@ -125,7 +134,8 @@ def prune_by_magnitude(
             raise ValueError("prune_by_magnitude needs the params: call update(updates, state, params)")
         densities = layer_densities(params, density, overrides)
         step = state.count
-        due = (step >= begin_step) & (step <= end_step) & ((step - begin_step) % frequency == 0)
+        periodic = (step >= begin_step) & (step <= end_step) & ((step - begin_step) % frequency == 0)
+        due = periodic | (step == end_step)  # the final densities even when frequency does not divide the span
 
         def recompute(candidate: Any) -> Any:
             targets = jax.tree_util.tree_map(lambda d: cubic_density(step, d, begin_step, end_step), densities)

@@ -62,6 +62,17 @@ def get_config() -> ml_collections.ConfigDict:
     config.grad_clip_norm = 0.0  # > 0: clip gradients to this global norm
     config.label_smoothing = 0.1
 
+    # Pruning (flax_squeezenet.compression.pruning): magnitude pruning with retraining, reached along
+    # Zhu & Gupta's cubic schedule; pruned weights stay exactly zero and the masks are checkpointed.
+    # prune_density: None (off), a float in (0, 1] for every conv layer, or "paper" for the Deep
+    # Compression v1.0 model's per-layer table (about 34% of the weights kept). prune_layer_densities
+    # overrides layers by name: --config.prune_layer_densities="{'classifier': 0.2, 'fire9/expand3x3': 0.3}".
+    config.prune_density = config_dict.placeholder(object)
+    config.prune_layer_densities = ml_collections.ConfigDict()
+    config.prune_begin_step = 0  # masks recomputed every prune_frequency steps from here
+    config.prune_end_step = -1  # the target densities are reached here; -1: at 2/3 of num_train_steps
+    config.prune_frequency = 100
+
     # Runtime.
     config.seed = 0
     config.parallel = "jit"  # "jit" (a device mesh) or "pmap"

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import ml_collections
 
 import flax_squeezenet
+from flax_squeezenet.compression import pruning
 from train import optim, parallel
 from train.configs import default
 
@@ -28,6 +29,11 @@ def _non_negative(value) -> bool:
 
 def _fraction(value) -> bool:
     return math.isfinite(value) and 0 <= value < 1
+
+
+def _density(value) -> bool:
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return number and math.isfinite(value) and 0 < value <= 1
 
 
 RULES: dict[str, tuple[Callable[[object], bool], str]] = {
@@ -47,6 +53,11 @@ RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "grad_clip_norm": (_non_negative, "a finite number of at least 0 (0: no clipping)"),
     "warmup_steps": (_non_negative, "an integer of at least 0"),
     "keep_checkpoints": (_positive, "an integer of at least 1"),
+    "prune_density": (lambda v: v == optim.PAPER_DENSITIES or _density(v),
+                      f"a number in (0, 1] or {optim.PAPER_DENSITIES!r}"),
+    "prune_begin_step": (_non_negative, "an integer of at least 0"),
+    "prune_end_step": (lambda v: v == -1 or _positive(v), "an integer of at least 1, or -1 (2/3 of the run)"),
+    "prune_frequency": (_positive, "an integer of at least 1"),
 }
 
 
@@ -76,3 +87,22 @@ def validate(config: ml_collections.ConfigDict) -> None:
         value = config.get(key)
         if value is not None and not check(value):
             raise ValueError(f"config key {key} must be {expected}, got {value!r}")
+    _validate_pruning(config)
+
+
+def _validate_pruning(config: ml_collections.ConfigDict) -> None:
+    """The pruning keys that depend on each other: per-layer densities, and the schedule's order."""
+    overrides = dict(config.get("prune_layer_densities") or {})
+    if overrides and config.get("prune_density") is None:
+        raise ValueError("config key prune_layer_densities needs prune_density (a number or 'paper'); it is None (off)")
+    for layer, density in overrides.items():
+        if layer not in pruning.CONV_LAYERS:
+            raise ValueError(
+                f"config key prune_layer_densities names no conv layer: {layer!r}; the layers are "
+                + ", ".join(pruning.CONV_LAYERS)
+            )
+        if not _density(density):
+            raise ValueError(f"config key prune_layer_densities.{layer} must be a number in (0, 1], got {density!r}")
+    begin, end = config.get("prune_begin_step"), config.get("prune_end_step")
+    if begin is not None and end not in (None, -1) and end <= begin:
+        raise ValueError(f"config key prune_end_step must be after prune_begin_step ({begin}), got {end}")
