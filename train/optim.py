@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import optax
 
+from flax_squeezenet.compression.trained_sharing import with_shared_weights
+
 SCHEDULES = ("constant", "linear", "warmup_cosine")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 
@@ -33,7 +35,8 @@ def create_learning_rate_schedule(config, num_train_steps: int) -> optax.Schedul
 
 
 def create_optimizer(config, learning_rate: optax.Schedule) -> optax.GradientTransformation:
-    """`config.optimizer` with optional global-norm clipping (`config.grad_clip_norm` > 0).
+    """`config.optimizer` with optional global-norm clipping (`config.grad_clip_norm` > 0), training
+    shared weights when `config.share_bits` is set (`with_shared_weights`).
 
     "adamw" decays weights decoupled from the gradient; "adam" and "sgd" (with `config.momentum`)
     add `weight_decay * params` to the gradient (L2), as the paper's Caffe solver did.
@@ -47,4 +50,6 @@ def create_optimizer(config, learning_rate: optax.Schedule) -> optax.GradientTra
         raise ValueError(f"unknown optimizer {config.optimizer!r}; expected one of {', '.join(OPTIMIZERS)}")
     if config.grad_clip_norm > 0:
         optimizer = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), optimizer)
+    if config.get("share_bits") is not None:  # wraps the whole chain: it sees the summed gradients
+        optimizer = with_shared_weights(optimizer, config.share_bits, dict(config.share_layer_bits))
     return optimizer

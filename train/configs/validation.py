@@ -12,6 +12,7 @@ from collections.abc import Callable
 import ml_collections
 
 import flax_squeezenet
+from flax_squeezenet.compression.sharing import MAX_BITS
 from train import optim, parallel
 from train.configs import default
 
@@ -50,6 +51,17 @@ RULES: dict[str, tuple[Callable[[object], bool], str]] = {
 }
 
 
+def _sharing_problem(config: ml_collections.ConfigDict) -> str | None:
+    """What is wrong with the weight-sharing keys (bits out of range, an override without share_bits)."""
+    overrides = dict(config.get("share_layer_bits") or {})
+    if config.get("share_bits") is None:
+        return "config key share_layer_bits needs share_bits set" if overrides else None
+    for key, bits in [("share_bits", config.share_bits), *((f"share_layer_bits.{k}", v) for k, v in overrides.items())]:
+        if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= MAX_BITS:
+            return f"config key {key} must be an integer from 1 to {MAX_BITS} (bits per shared weight), got {bits!r}"
+    return None
+
+
 def _type_error(key: str, value, expected: type) -> str | None:
     if value is None or expected is type(None):
         return None
@@ -76,3 +88,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
         value = config.get(key)
         if value is not None and not check(value):
             raise ValueError(f"config key {key} must be {expected}, got {value!r}")
+    problem = _sharing_problem(config)
+    if problem:
+        raise ValueError(problem)
