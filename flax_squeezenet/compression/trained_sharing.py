@@ -46,9 +46,10 @@ def layer_bits_tree(params: Any, bits: int, overrides: Mapping[str, int] | None 
 def cluster_kernel(kernel: jax.Array, bits: int) -> jax.Array:
     """uint8 like `kernel`: 0 where it is zero, else 1 + its k-means cluster among the non-zero weights."""
     values = jnp.ravel(kernel).astype(jnp.float32)
-    kept = values != 0
-    _, clusters = lloyd_1d(values, kept.astype(jnp.float32), 2**bits - 1)
-    return jnp.where(kept, clusters + 1, 0).astype(jnp.uint8).reshape(kernel.shape)
+    # Padded with ignored zeros to a power of two, so that kernels of similar size share a compile.
+    padded = jnp.zeros(1 << (values.size - 1).bit_length(), jnp.float32).at[: values.size].set(values)
+    _, clusters = lloyd_1d(padded, (padded != 0).astype(jnp.float32), 2**bits - 1)
+    return jnp.where(values != 0, clusters[: values.size] + 1, 0).astype(jnp.uint8).reshape(kernel.shape)
 
 
 def snap_to_centroids(kernel: jax.Array, clusters: jax.Array, bits: int) -> jax.Array:
