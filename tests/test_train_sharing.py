@@ -105,8 +105,9 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path, half_pruned_model):
 def test_jit_over_a_mesh_and_pmap_train_the_same_shared_weights(tmp_path, half_pruned_model):
     models = {}
     for mode in ("jit", "pmap"):
-        config = tiny_config(init_from=str(half_pruned_model), share_bits=BITS, parallel=mode, num_train_steps=6)
-        done = run_training(tmp_path / mode, config, num_devices=2)
+        config = tiny_config(init_from=str(half_pruned_model), share_bits=BITS, parallel=mode, num_train_steps=4,
+                             eval_every_steps=4)  # fmt: skip
+        done = run_training(tmp_path / mode, config, num_devices=2, timeout=600)
         assert done.returncode == 0, done.stderr[-3000:]
         models[mode] = _kernels(_saved_params(tmp_path / mode / "model"))
     for path, kernel in models["pmap"].items():

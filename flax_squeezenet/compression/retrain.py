@@ -60,10 +60,11 @@ def training_config(preset: str, overrides: Sequence[str] = ()) -> Any:
 
     from train import configs
 
+    argv = ["squeezenet-compress", f"--config={configs.config_file(preset)}", *overrides]
     values = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", configs.config_file(preset), "training config", flag_values=values)
+    config_flags.DEFINE_config_file("config", None, "training config", flag_values=values, sys_argv=argv)
     try:
-        values(["squeezenet-compress", *overrides])
+        values(argv)
         return values.config
     except (KeyError, AttributeError) as error:
         key = str(error).strip("\"' ")
