@@ -90,11 +90,11 @@ def with_shared_weights(
     `layer_bits[conv path]`; biases train as `optimizer` alone trains them.
 
     The first `SNAP_UPDATES` updates only move the weights onto their centroids (the wrapped
-    optimizer does not step, and the batches' gradients are unused); from then on `optimizer` receives the summed gradients and the params as they are. Its
-    transformations are elementwise or global (Adam, SGD, weight decay on the params, clipping by
-    global norm), so all weights of a cluster get the same update and stay exactly equal; a zero
-    weight gets a zero gradient and stays zero (tests/test_train_sharing.py). Deterministic, so
-    replicas under pmap or a mesh agree.
+    optimizer does not step, and the batches' gradients are unused); from then on `optimizer`
+    receives the summed gradients and the params as they are. Its transformations are elementwise
+    or global (Adam, SGD, weight decay on the params, clipping by global norm), so all weights of a
+    cluster get the same update and stay exactly equal; a zero weight gets a zero gradient and stays
+    zero (tests/test_train_sharing.py). Deterministic, so replicas under pmap or a mesh agree.
     """
 
     def init(params: Any) -> SharingState:
