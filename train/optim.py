@@ -5,6 +5,7 @@ from __future__ import annotations
 import optax
 
 from flax_squeezenet.compression import pruning
+from flax_squeezenet.compression.trained_sharing import with_shared_weights
 
 SCHEDULES = ("constant", "linear", "warmup_cosine")
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -64,7 +65,8 @@ def create_pruning(config, num_train_steps: int) -> optax.GradientTransformation
 
 def create_optimizer(config, learning_rate: optax.Schedule, num_train_steps: int) -> optax.GradientTransformation:
     """`config.optimizer` with optional global-norm clipping (`config.grad_clip_norm` > 0), and
-    magnitude pruning (`config.prune_density` set) chained last so pruned weights stay exactly zero.
+    magnitude pruning (`config.prune_density` set) chained last so pruned weights stay exactly zero,
+    and training shared weights when `config.share_bits` is set (`with_shared_weights`).
 
     "adamw" decays weights decoupled from the gradient; "adam" and "sgd" (with `config.momentum`)
     add `weight_decay * params` to the gradient (L2), as the paper's Caffe solver did.
@@ -80,4 +82,6 @@ def create_optimizer(config, learning_rate: optax.Schedule, num_train_steps: int
         optimizer = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), optimizer)
     if config.prune_density is not None:
         optimizer = optax.chain(optimizer, create_pruning(config, num_train_steps))
+    if config.get("share_bits") is not None:  # wraps the whole chain: it sees the summed gradients
+        optimizer = with_shared_weights(optimizer, config.share_bits, dict(config.share_layer_bits))
     return optimizer

@@ -1,24 +1,31 @@
-"""`squeezenet-compress WEIGHTS --output FILE`: Deep Compression without retraining.
+"""`squeezenet-compress WEIGHTS --output FILE [--retrain-workdir DIR --config PRESET [--config.key=value ...]]`:
+Deep Compression.
 
-Prunes by magnitude (with --density), shares weights (--bits per weight), Huffman-codes the
-result into a `.sqz` file (`load_pretrained` reads it) or writes the paper's `.net` format, then
-prints the sizes and the largest logit change. Errors the user can fix print one line on stderr
-and exit with status 1.
+Without --retrain-workdir: prunes by magnitude (with --density), shares weights (--bits per
+weight), Huffman-codes the result into a `.sqz` file (`load_pretrained` reads it) or writes the
+paper's `.net` format, then prints the sizes and the largest logit change. With it: prune ->
+retrain -> share -> fine-tune the shared values, as `python -m train` runs on the data of the
+training config (`flax_squeezenet.compression.retrain`; run from the checkout), then encode,
+printing each stage's eval top-1 and size; run it again to resume. Errors the user can fix print
+one line on stderr and exit with status 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
+import pathlib
 import sys
 from collections.abc import Sequence
 
 import jax
 import numpy as np
 
-from flax_squeezenet.compression import FORMATS, compress, save_compressed
+from flax_squeezenet.compression import FORMATS, compress, encoded_size, save_compressed
 from flax_squeezenet.compression.api import variant_name
 from flax_squeezenet.compression.netfile import check_net_model
+from flax_squeezenet.compression.retrain import compress_with_retraining, training_config
 from flax_squeezenet.download import DownloadError
 from flax_squeezenet.models import count_params
 from flax_squeezenet.preprocess import preprocess
@@ -53,6 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--images", nargs="+", metavar="IMAGE",
         help=f"images to measure the logit change on (default: {RANDOM_IMAGES} random inputs)",
     )  # fmt: skip
+    parser.add_argument(
+        "--retrain-workdir", metavar="DIR",
+        help="retrain: prune -> retrain -> share -> fine-tune as python -m train runs in DIR/prune and DIR/share "
+        "(run again to resume); needs --config, and --config.key=value overrides as python -m train takes them",
+    )  # fmt: skip
+    parser.add_argument("--config", metavar="PRESET", help="with --retrain-workdir: a training preset or config .py file")
     return parser
 
 
@@ -68,16 +81,49 @@ def largest_logit_change(module, variables, params, images: np.ndarray) -> float
     return float(np.max(np.abs(np.asarray(apply({"params": params}, images)) - np.asarray(apply(variables, images)))))
 
 
-def run(args: argparse.Namespace) -> str:
+def _kept_fraction(params) -> float:
+    kernels = [leaf for leaf in jax.tree_util.tree_leaves(params) if leaf.ndim >= 2]
+    return sum(int(np.count_nonzero(k)) for k in kernels) / sum(math.prod(k.shape) for k in kernels)
+
+
+def run_with_retraining(args: argparse.Namespace, overrides: Sequence[str]) -> str:
+    """Run the retraining pipeline the command line describes; the summary to print."""
+    config = training_config(args.config, overrides)
+    folder = pathlib.Path(args.output).resolve().parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write --output {args.output}: {folder} is not a writable directory")
+    convention = "caffe_bgr" if args.format == "net" else None
+    compressed, stages = compress_with_retraining(args.weights, args.retrain_workdir, config, bits=args.bits,
+                                                  density=args.density, input_convention=convention)  # fmt: skip
+    path = save_compressed(compressed, args.output, format=args.format)
+    float_bytes = 4 * count_params(compressed.params())
+    lines = [f"{args.weights}: {float_bytes:,} bytes as float32"]
+    for stage in stages:
+        params = load_pretrained(stage.model)[1]["params"]
+        shared_size = encoded_size(compress(stage.model, bits=args.bits, input_convention=convention), args.format)
+        lines.append(f"{stage.name}: {stage.model}: eval top-1 {stage.top1:.4f}, {_kept_fraction(params):.1%} of "
+                     f"conv weights kept, {shared_size:,} bytes {args.bits}-bit shared")  # fmt: skip
+    size = path.stat().st_size
+    lines.append(f"wrote {path}: {size:,} bytes ({float_bytes / size:.1f}x smaller than float32's {float_bytes:,})")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace, overrides: Sequence[str] = ()) -> str:
     """Compress as the command line says; the summary to print."""
     if args.density is not None and not 0.0 < args.density <= 1.0:
         raise ValueError(f"--density must be in (0, 1], got {args.density}")
+    if (args.retrain_workdir is None) != (args.config is None):
+        raise ValueError("--retrain-workdir and --config go together: retraining needs both")
+    if overrides and args.retrain_workdir is None:
+        raise ValueError(f"unexpected arguments {' '.join(overrides)}: --config.key=value needs --retrain-workdir")
+    if args.format == "net" and args.bits != 8:
+        raise ValueError(f"the .net format holds 8-bit shared weights, got --bits {args.bits}")
     module, variables = load_pretrained(args.weights)
-    images = _sample_images(args.images, module)
     if args.format == "net":
         check_net_model(variant_name(module), module.in_channels, module.num_classes)
-        if args.bits != 8:
-            raise ValueError(f"the .net format holds 8-bit shared weights, got --bits {args.bits}")
+    if args.retrain_workdir is not None:
+        return run_with_retraining(args, overrides)
+    images = _sample_images(args.images, module)
     convention = "caffe_bgr" if args.format == "net" else None
     compressed = compress(
         args.weights, bits=args.bits, density=args.density, input_convention=convention, progress=True
@@ -87,8 +133,7 @@ def run(args: argparse.Namespace) -> str:
     change = largest_logit_change(module, variables, params, images)
     float_bytes = 4 * count_params(params)
     size = path.stat().st_size
-    kernels = [leaf for leaf in jax.tree_util.tree_leaves(params) if leaf.ndim >= 2]
-    kept = sum(int(np.count_nonzero(k)) for k in kernels) / sum(math.prod(k.shape) for k in kernels)
+    kept = _kept_fraction(params)
     where = f"{len(images)} images" if args.images else f"{len(images)} random inputs"
     return (f"wrote {path}: {size:,} bytes ({float_bytes / size:.1f}x smaller than float32's {float_bytes:,}); "
             f"{kept:.1%} of conv weights kept, {args.bits}-bit shared; "
@@ -96,10 +141,14 @@ def run(args: argparse.Namespace) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, overrides = parser.parse_known_args(argv)
+    unknown = [arg for arg in overrides if not arg.startswith("--config.")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
-        print(run(args))
-    except (OSError, ValueError, DownloadError) as error:
+        print(run(args, overrides))
+    except (OSError, ValueError, ImportError, DownloadError) as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 1
     return 0

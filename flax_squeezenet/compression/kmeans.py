@@ -13,9 +13,11 @@ MAX_ITERATIONS = 300
 
 
 @functools.partial(jax.jit, static_argnames=("num_clusters", "max_iterations"))
-def _lloyd(
-    values: jax.Array, weights: jax.Array, num_clusters: int, max_iterations: int
+def lloyd_1d(
+    values: jax.Array, weights: jax.Array, num_clusters: int, max_iterations: int = MAX_ITERATIONS
 ) -> tuple[jax.Array, jax.Array]:
+    """(centroids ascending, cluster of each value) of k-means over the `values` whose weight is
+    above 0, traceable under jit (the others are assigned to their nearest centroid too)."""
     present = weights > 0
     low = jnp.min(jnp.where(present, values, jnp.inf))
     high = jnp.max(jnp.where(present, values, -jnp.inf))
@@ -61,5 +63,5 @@ def kmeans_1d(
     weights = np.zeros(padded_size, np.float32)
     weights[: values.size] = 1.0
     padded[values.size :] = values[0]
-    centroids, clusters = _lloyd(jnp.asarray(padded), jnp.asarray(weights), num_clusters, max_iterations)
+    centroids, clusters = lloyd_1d(jnp.asarray(padded), jnp.asarray(weights), num_clusters, max_iterations)
     return np.asarray(centroids), np.asarray(clusters[: values.size], np.int32)

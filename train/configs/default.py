@@ -73,6 +73,13 @@ def get_config() -> ml_collections.ConfigDict:
     config.prune_end_step = -1  # the target densities are reached here; -1: at 2/3 of num_train_steps
     config.prune_frequency = 100
 
+    # Weight sharing (flax_squeezenet.compression.trained_sharing): Deep Compression's trained
+    # quantization. Each conv kernel is clustered at step 0 (k-means over its non-zero weights,
+    # 2**bits - 1 shared values), the first 2 steps move the weights onto them, later steps train
+    # each shared value by its weights' summed gradient. Zeros (pruned weights) stay zero.
+    config.share_bits = config_dict.placeholder(int)  # None: off; bits per weight of every conv, 1 to 8
+    config.share_layer_bits = ml_collections.ConfigDict()  # conv path -> bits, e.g. {"classifier": 4}
+
     # Runtime.
     config.seed = 0
     config.parallel = "jit"  # "jit" (a device mesh) or "pmap"

@@ -13,6 +13,7 @@ import ml_collections
 
 import flax_squeezenet
 from flax_squeezenet.compression import pruning
+from flax_squeezenet.compression.sharing import MAX_BITS
 from train import optim, parallel
 from train.configs import default
 
@@ -61,6 +62,22 @@ RULES: dict[str, tuple[Callable[[object], bool], str]] = {
 }
 
 
+def _sharing_problem(config: ml_collections.ConfigDict) -> str | None:
+    """What is wrong with the weight-sharing keys (bits out of range, an override without share_bits)."""
+    overrides = dict(config.get("share_layer_bits") or {})
+    if config.get("share_bits") is None:
+        return "config key share_layer_bits needs share_bits set" if overrides else None
+    if config.get("prune_density") is not None:  # pruning would zero single members of a cluster
+        return (
+            "config keys share_bits and prune_density cannot both be set: prune in one run, then share in "
+            "a run started from its model (squeezenet-compress --retrain-workdir runs both)"
+        )
+    for key, bits in [("share_bits", config.share_bits), *((f"share_layer_bits.{k}", v) for k, v in overrides.items())]:
+        if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= MAX_BITS:
+            return f"config key {key} must be an integer from 1 to {MAX_BITS} (bits per shared weight), got {bits!r}"
+    return None
+
+
 def _type_error(key: str, value, expected: type) -> str | None:
     if value is None or expected is type(None):
         return None
@@ -88,6 +105,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
         if value is not None and not check(value):
             raise ValueError(f"config key {key} must be {expected}, got {value!r}")
     _validate_pruning(config)
+    problem = _sharing_problem(config)
+    if problem:
+        raise ValueError(problem)
 
 
 def _validate_pruning(config: ml_collections.ConfigDict) -> None:

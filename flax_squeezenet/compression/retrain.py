@@ -1,0 +1,130 @@
+"""Deep Compression with retraining, through the training program (`train/`, run from the checkout):
+prune -> retrain (a run in WORKDIR/prune) -> share -> fine-tune the shared values (a run in
+WORKDIR/share) -> the `CompressedModel` to encode.
+
+Each stage is a `python -m train` run in its own workdir, so running the pipeline again on the same
+workdir resumes the stage it stopped in and reuses the finished ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from flax_squeezenet.compression.api import compress
+from flax_squeezenet.compression.compressed import CompressedModel
+
+PRUNE_STAGE = "prune"
+SHARE_STAGE = "share"
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """A training run of the pipeline: its name, config and workdir."""
+
+    name: str
+    config: Any  # ml_collections.ConfigDict
+    workdir: pathlib.Path
+
+
+@dataclasses.dataclass(frozen=True)
+class StageResult:
+    """What a finished stage left: its saved model and its eval top-1 (the run's final weights)."""
+
+    name: str
+    model: pathlib.Path
+    top1: float
+
+
+def _training_program():
+    try:
+        import ml_collections
+        from train import evaluate, run, trainer
+    except ImportError as error:
+        raise ImportError(
+            "retraining needs the training program: run from a flax-squeezenet checkout (train/ on the "
+            f"Python path) with its [train] extra installed ({error})"
+        ) from None
+    return ml_collections, run, trainer, evaluate
+
+
+def training_config(preset: str, overrides: Sequence[str] = ()) -> Any:
+    """The config `python -m train --config PRESET OVERRIDES...` runs (`--config.key=value` each);
+    ValueError naming an unknown key or a bad value."""
+    _training_program()
+    from absl import flags
+    from ml_collections import config_flags
+
+    from train import configs
+
+    argv = ["squeezenet-compress", f"--config={configs.config_file(preset)}", *overrides]
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "training config", flag_values=values, sys_argv=argv)
+    try:
+        values(argv)
+        return values.config
+    except (KeyError, AttributeError) as error:
+        key = str(error).strip("\"' ")
+        raise ValueError(f"unknown config key {key!r} (--config.{key}): expected a key of train/configs/default.py") from None
+    except (flags.Error, TypeError) as error:
+        raise ValueError(str(error).strip().splitlines()[-1]) from None
+
+
+def pipeline_stages(
+    config: Any, weights: str | os.PathLike, workdir: str | os.PathLike, *, density: float | None,
+    bits: int, layer_bits: Mapping[str, int] | None = None,
+) -> list[Stage]:  # fmt: skip
+    """The runs that compress `weights` on `config`'s data: a pruning run from `weights` when
+    `density` or `config.prune_density` is set (`density` overrides it), then the weight-sharing
+    run from the previous model with `share_bits=bits` and `share_layer_bits=layer_bits`. Each run
+    saves its model in its own workdir. `config` is not modified."""
+    ml_collections = _training_program()[0]
+    root = pathlib.Path(workdir)
+    stages = []
+    source = str(weights)
+    if density is not None or config.get("prune_density") is not None:
+        prune = ml_collections.ConfigDict(config.to_dict())
+        prune.init_from, prune.model_dir = source, None
+        if density is not None:
+            prune.prune_density = density
+        stages.append(Stage(PRUNE_STAGE, prune, root / PRUNE_STAGE))
+        source = str(root / PRUNE_STAGE / "model")
+    share = ml_collections.ConfigDict(config.to_dict())
+    share.init_from, share.model_dir = source, None
+    share.share_bits, share.share_layer_bits = bits, dict(layer_bits or {})
+    if "prune_density" in share:
+        share.prune_density = None  # the zeros stay zero through sharing: no new pruning
+    stages.append(Stage(SHARE_STAGE, share, root / SHARE_STAGE))
+    return stages
+
+
+def run_stage(stage: Stage) -> StageResult:
+    """Train `stage` (resuming its workdir's checkpoints; a finished run is only evaluated)."""
+    _, run, trainer, evaluate = _training_program()
+    result = trainer.train_and_evaluate(run.build_run(stage.config, stage.workdir))
+    metrics = result["eval"] or evaluate.evaluate_checkpoint(str(stage.workdir), step="latest")
+    return StageResult(stage.name, pathlib.Path(result["model"]), float(metrics["top1"]))
+
+
+def compress_with_retraining(
+    weights: str | os.PathLike,
+    workdir: str | os.PathLike,
+    config: Any,
+    *,
+    bits: int = 8,
+    layer_bits: Mapping[str, int] | None = None,
+    density: float | None = None,
+    input_convention: str | None = None,
+) -> tuple[CompressedModel, list[StageResult]]:
+    """Deep Compression of `weights` with retraining on the data of `config` (a training config,
+    `ml_collections.ConfigDict`): the runs of `pipeline_stages` in `workdir`, then the fine-tuned
+    shared weights as a `CompressedModel` (exactly the last run's weights: they hold at most
+    2**bits - 1 distinct non-zero values per kernel). Also returns each stage's result.
+    """
+    results = [run_stage(stage) for stage in pipeline_stages(config, weights, workdir, density=density,
+                                                             bits=bits, layer_bits=layer_bits)]  # fmt: skip
+    compressed = compress(results[-1].model, bits=bits, layer_bits=layer_bits, input_convention=input_convention)
+    return compressed, results

@@ -1,0 +1,94 @@
+"""`squeezenet-compress --retrain-workdir`: prune -> retrain -> share -> fine-tune through the
+training program, on synthetic data; the file written holds exactly the fine-tuned shared weights,
+and a second run resumes (reuses) the finished stages."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import flax_squeezenet
+from flax_squeezenet.cli import compress as cli
+from flax_squeezenet.compression import retrain
+from train_helpers import REPO, config_flags, tiny_config
+
+
+@pytest.fixture(scope="module")
+def trained_model(tmp_path_factory):
+    """A saved 4-class, 1-channel SqueezeNet 1.1, as the tiny synthetic runs train."""
+    module = flax_squeezenet.create_model("squeezenet1_1", num_classes=4, in_channels=1)
+    params = module.init(jax.random.key(5), jnp.zeros((1, 20, 20, 1)))["params"]
+    directory = tmp_path_factory.mktemp("source") / "model"
+    return flax_squeezenet.save_pretrained(directory, {"params": params}, model="squeezenet1_1", num_classes=4,
+                                           in_channels=1)  # fmt: skip
+
+
+def test_stages_chain_their_models_and_set_their_keys(tmp_path):
+    config = tiny_config(model_dir=str(tmp_path / "elsewhere"))
+    config.prune_density = None  # the pruning keys (branch `prune`), as they read when pruning is off
+    (share,) = retrain.pipeline_stages(config, "source", tmp_path, density=None, bits=5, layer_bits={"conv1": 8})
+    assert (share.name, share.workdir, share.config.init_from) == ("share", tmp_path / "share", "source")
+    assert (share.config.share_bits, dict(share.config.share_layer_bits), share.config.model_dir) == (5, {"conv1": 8}, None)
+
+    prune, share = retrain.pipeline_stages(config, "source", tmp_path, density=0.3, bits=6)
+    assert (prune.workdir, prune.config.init_from, prune.config.prune_density) == (tmp_path / "prune", "source", 0.3)
+    assert prune.config.get("share_bits") is None and prune.config.model_dir is None
+    assert share.config.init_from == str(tmp_path / "prune" / "model") and share.config.prune_density is None
+    assert config.init_from is None and config.get("share_bits") is None, "the caller's config changed"
+
+
+def _share_line(printed: str) -> str:
+    (line,) = [line for line in printed.splitlines() if line.startswith("share: ")]
+    return line
+
+
+def _params(path):
+    return flax_squeezenet.load_pretrained(path)[1]["params"]
+
+
+@pytest.mark.slow
+def test_pipeline_writes_the_fine_tuned_shared_weights_and_resumes(trained_model, tmp_path, capsys):
+    output, workdir = tmp_path / "model.sqz", tmp_path / "work"
+    overrides = config_flags(tiny_config(num_train_steps=6, eval_every_steps=6))
+    argv = [str(trained_model), "--output", str(output), "--bits", "3", "--retrain-workdir", str(workdir),
+            "--config", str(REPO / "train/configs/default.py"), *overrides]  # fmt: skip
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert f"share: {workdir / 'share' / 'model'}: eval top-1" in printed and "prune:" not in printed
+    assert f"wrote {output}: {output.stat().st_size:,} bytes" in printed
+    trained, decoded = _params(workdir / "share" / "model"), _params(output)
+    jax.tree_util.tree_map_with_path(
+        lambda path, a, b: np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path)), trained, decoded
+    )
+    kernel = np.asarray(decoded["fire9"]["expand3x3"]["kernel"])
+    assert np.unique(kernel[kernel != 0]).size <= 7
+    first = output.read_bytes()
+
+    assert cli.main(argv) == 0
+    assert _share_line(capsys.readouterr().out) == _share_line(printed), "the finished stage was not reused"
+    assert output.read_bytes() == first
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--config", "fashion_mnist"], "--retrain-workdir and --config go together"),
+        (["--config.batch_size=4"], "--config.key=value needs --retrain-workdir"),
+        (["--retrain-workdir", "WORK", "--config", "fashion_mnist", "--config.no_such_key=1"], "no_such_key"),
+        (["--retrain-workdir", "WORK", "--config", "fashion_mnist", "--bits", "6", "--format", "net"], "8-bit"),
+    ],
+)
+def test_bad_pipeline_arguments_are_one_line_errors_and_write_nothing(trained_model, tmp_path, capsys, extra, message):
+    argv = [str(trained_model), "--output", str(tmp_path / "out.sqz"), *(a.replace("WORK", str(tmp_path / "w")) for a in extra)]
+    assert cli.main(argv) == 1
+    error = capsys.readouterr().err
+    assert message in error and error.count("\n") == 1
+    assert not any(tmp_path.iterdir())
+
+
+def test_an_unwritable_output_is_refused_before_training(trained_model, tmp_path, capsys):
+    argv = [str(trained_model), "--output", str(tmp_path / "missing" / "out.sqz"),
+            "--retrain-workdir", str(tmp_path / "work"), "--config", "fashion_mnist"]  # fmt: skip
+    assert cli.main(argv) == 1
+    assert "is not a writable directory" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
