@@ -269,8 +269,8 @@ class _Writer:
         inputs = [x, self.constant(f"{name}/paddings", np.asarray(paddings, np.int32))]
         if value is not None:
             inputs.append(self.constant(f"{name}/value", np.asarray([value]), self.quantization_of(x)))
-        options = ("PadOptions", self.schema.PadOptionsT()) if op == "PAD" else ("PadV2Options", self.schema.PadV2OptionsT())
-        return self.operator(op, inputs, output, *options)
+        options = self.schema.PadOptionsT() if op == "PAD" else self.schema.PadV2OptionsT()
+        return self.operator(op, inputs, output, "PadOptions" if op == "PAD" else "PadV2Options", options)
 
     def conv(self, x: _Tensor, conv: Convolution, relu: bool = True) -> _Tensor:
         """CONV_2D (+ fused RELU) of the plan's `conv`; SAME where it equals the conv's zero padding, else PAD."""

@@ -79,7 +79,9 @@ def export_tflite(args: argparse.Namespace, module, variables) -> str:
     if args.input_shape is not None:
         batch, channels, height, width = args.input_shape
         if channels != module.in_channels:
-            raise ValueError(f"expected an input shape Nx{module.in_channels}xHxW for this model, got {channels} channels")
+            raise ValueError(
+                f"expected an input shape Nx{module.in_channels}xHxW for this model, got {channels} channels"
+            )
     shape = f"{batch or 1}x{height}x{width}x{module.in_channels} NHWC" + ("" if batch else ", batch resizable")
     if args.int8:
         if height != width:
