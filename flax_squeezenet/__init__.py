@@ -24,6 +24,8 @@ What is where:
 - preprocess, imagenet: torchvision's ImageNet eval transform; the class names.
 - xla_options: `compiler_options(dtype)`, the XLA options to jit SqueezeNet with on this backend.
 - export: `to_onnx` / `save_onnx` (needs the `onnx` package).
+- tflite: `save_tflite`, LiteRT float32 or full-integer int8 (needs `ai-edge-litert`, the `litert` extra;
+  imported only when called).
 - nnx: the same models as native Flax NNX modules (`import flax_squeezenet.nnx`), `to_nnx`, `to_linen`.
 - summary: `summary(model, input_shape)`, the per-layer table (output shape, parameters, FLOPs).
 - conventions: `input_convention(name_or_path)`, the preprocessing each weight source expects.
@@ -53,6 +55,7 @@ from flax_squeezenet.pretrained import PRETRAINED, load_pretrained, save_pretrai
 from flax_squeezenet.pth import UnsafePickleError, load_pth
 from flax_squeezenet.stages import V1_0, V1_1, ConvStage, FireStage, PoolStage, Stage, metaparameter_stages
 from flax_squeezenet.summary import summary
+from flax_squeezenet.tflite import save_tflite
 from flax_squeezenet.xla_options import compiler_options
 
 __all__ = [
@@ -88,6 +91,7 @@ __all__ = [
     "preprocess",
     "save_onnx",
     "save_pretrained",
+    "save_tflite",
     "squeezenet1_0",
     "squeezenet1_0_complex_bypass",
     "squeezenet1_0_simple_bypass",

@@ -1,4 +1,4 @@
-"""`squeezenet-export --format onnx --output FILE.onnx`: write a SqueezeNet for deployment.
+"""`squeezenet-export --format onnx|tflite --output FILE`: write a SqueezeNet for deployment.
 
 The file appears only once the export is complete and onnxruntime agrees with Flax on it; an
 existing file at `--output` is kept if anything fails. Errors the user can fix (missing weights,
@@ -33,9 +33,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(
         prog=PROG,
         description="Export a SqueezeNet to ONNX (NCHW float32 input 'images', output 'logits', "
-        "dynamic batch) for onnxruntime, onnxruntime-mobile, ncnn (via pnnx) or TensorRT.",
+        "dynamic batch) for onnxruntime, onnxruntime-mobile, ncnn (via pnnx) or TensorRT, or to LiteRT "
+        "(TensorFlow Lite: NHWC input, float32 or full-integer int8) for Android and microcontrollers.",
     )
-    parser.add_argument("--format", choices=["onnx"], default="onnx", help="output format (onnx)")
+    parser.add_argument(
+        "--format", choices=["onnx", "tflite"], default="onnx",
+        help="output format: onnx, or tflite (LiteRT; needs pip install -e '.[litert]')",
+    )  # fmt: skip
     parser.add_argument("--output", required=True, metavar="FILE", help="where to write the model")
     parser.add_argument(
         "--model",
@@ -57,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     parser.add_argument(
         "--image-size", type=positive_int, default=224, metavar="PIXELS",
-        help="input size to check the export at (the exported model accepts any size; default 224)",
+        help="input size to check the export at (the ONNX model accepts any size; a tflite model has "
+        "this size; default 224)",
     )  # fmt: skip
     device_export.add_options(parser)
     return parser
@@ -115,6 +120,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         module, variables = load_module(args)
         if args.image_size < module.min_input_size:
             raise ValueError(f"--image-size must be at least {module.min_input_size}, got {args.image_size}")
+        if args.format == "tflite":
+            print(device_export.export_tflite(args, module, variables))
+            return 0
         if args.int8 or args.calibration or args.input_shape:
             print(device_export.export(args, module, variables))
             return 0
