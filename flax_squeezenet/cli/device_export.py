@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 import numpy as np
 
 from flax_squeezenet import quantize
-from flax_squeezenet.export import to_onnx
+from flax_squeezenet.conventions import IMAGENET, InputConvention
+from flax_squeezenet.export import save_onnx
+from flax_squeezenet.preprocess import CROP_SIZE, RESIZE_SIZE
 
 
 def add_options(parser: argparse.ArgumentParser) -> None:
@@ -22,8 +25,8 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         "--input-shape", type=parse_input_shape, metavar="NxCxHxW",
         help="fix the input shape (e.g. 1x3x224x224) for static-shape toolchains; default: free batch and size",
     )  # fmt: skip
-    group.add_argument("--mean", type=float, nargs="+", help="calibration normalisation (default: ImageNet's)")
-    group.add_argument("--std", type=float, nargs="+", help="calibration normalisation (default: ImageNet's)")
+    group.add_argument("--mean", type=float, nargs="+", help="calibration normalisation (default: the weights' own)")
+    group.add_argument("--std", type=float, nargs="+", help="calibration normalisation (default: the weights' own)")
 
 
 def parse_input_shape(text: str) -> tuple[int, ...]:
@@ -37,23 +40,53 @@ def parse_input_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
-def export(args: argparse.Namespace, module, variables) -> str:
-    """Write the int8 or fixed-shape export the options ask for; the line that reports its check."""
+def calibration_convention(args: argparse.Namespace, module, convention: InputConvention | None):
+    """The input convention to calibrate and check with: the weights' own (`convention`), with
+    --mean/--std and the image size (--input-shape's, else --image-size) applied; None for a
+    1-channel model without its own or --mean/--std."""
+    if (args.mean is None) != (args.std is None):
+        raise ValueError("expected both --mean and --std, or neither")
+    if convention is not None and convention.channels != module.in_channels:
+        convention = None
+    if args.mean is not None:
+        order = convention.channel_order if convention is not None else "RGB" if module.in_channels == 3 else "L"
+        convention = dataclasses.replace(convention or InputConvention(channel_order=order, mean=tuple(args.mean),
+                                         std=tuple(args.std)), mean=tuple(args.mean), std=tuple(args.std))  # fmt: skip
+    if convention is None and module.in_channels == 3:
+        convention = IMAGENET
+    size = args.input_shape[2] if args.input_shape is not None else args.image_size
+    if convention is None or size is None or size == convention.crop_size:
+        return convention
+    return dataclasses.replace(convention, crop_size=size, resize_size=RESIZE_SIZE if size == CROP_SIZE else size)
+
+
+def export(args: argparse.Namespace, module, variables, convention: InputConvention | None) -> str:
+    """Write the int8 or fixed-shape export the options ask for; the line that reports its check.
+
+    Calibration and the check prepare images by the weights' own input `convention`.
+    """
     if args.int8 != (args.calibration is not None):
         raise ValueError("--int8 and --calibration IMAGES go together")
     if args.input_shape is not None and min(args.input_shape[2:]) < module.min_input_size:
         raise ValueError(f"--input-shape: height and width must be at least {module.min_input_size}")
+    convention = calibration_convention(args, module, convention)
     if args.int8:
-        result = quantize.save_int8_onnx_from_folder(
-            module, variables, args.output, args.calibration, image_size=args.image_size,
-            input_shape=args.input_shape, mean=args.mean, std=args.std,
+        calibration, held_back_files = quantize.split_held_back(
+            quantize.image_files(args.calibration), quantize.HELD_BACK, quantize.MAX_IMAGES
+        )
+        held_back = quantize.calibration_images(held_back_files, module.in_channels, convention)
+        path = save_onnx(
+            module, variables, args.output, preprocessing=convention, int8=True,
+            calibration=calibration, input_shape=args.input_shape,
         )  # fmt: skip
+        result = quantize.agreement(
+            quantize.flax_logits(module, variables, held_back), quantize.run_onnx(path, held_back)
+        )
         return (
-            f"wrote int8 {args.output}; vs Flax on {result.images} held-back images: top-1 agreement "
+            f"wrote int8 {path}; vs Flax on {result.images} held-back images: top-1 agreement "
             f"{100 * result.top1_agreement:.1f}%, max |logit difference| {result.max_logit_difference:.2f}"
         )
-    proto = quantize.with_fixed_input_shape(to_onnx(module, variables), args.input_shape)
-    path = quantize.write_onnx(proto, args.output)
+    path = save_onnx(module, variables, args.output, preprocessing=convention, input_shape=args.input_shape)
     batch, channels, height, width = args.input_shape
     images = np.random.default_rng(0).standard_normal((batch, height, width, channels)).astype(np.float32)
     result = quantize.agreement(quantize.flax_logits(module, variables, images), quantize.run_onnx(path, images))
