@@ -1,21 +1,20 @@
 """The float32 ONNX export with every convolution's weights already on their int8 grid (AdaRound).
 
-`round_conv_weights` measures each Conv's input patches in onnxruntime on calibration images (in
-the float model, and in an int8 model of it when one is given) and replaces its weights and bias
+`round_conv_weights` takes the moments of each Conv's input patches, measured in onnxruntime on
+calibration images (`conv_input_moments`), and replaces its weights and bias
 by `rounding.adaround`'s. `onnxruntime.quantization.quantize_static` then turns those weights into
 exactly the chosen integers. Needs `onnx` and `onnxruntime` (the `export` extra).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from flax_squeezenet.rounding import InputMoments, adaround
 
-POSITIONS_PER_IMAGE = 64  # random output positions sampled per calibration image and convolution
+POSITIONS_PER_IMAGE = 256  # random output positions sampled per calibration image and convolution
 
 
 def _conv_geometry(node: Any) -> tuple[int, int, int]:
@@ -37,7 +36,7 @@ def _patch_rows(inputs: np.ndarray, node: Any, positions: tuple[np.ndarray, ...]
 
 
 def _conv_inputs_session(proto: Any, names: list[str]) -> Any:
-    """An onnxruntime session of `proto` that also outputs the tensors `names`, QDQ nodes unfused."""
+    """An onnxruntime session of `proto` that also outputs the tensors `names`."""
     import onnx
     import onnxruntime
 
@@ -45,50 +44,31 @@ def _conv_inputs_session(proto: Any, names: list[str]) -> Any:
     probed.CopyFrom(proto)
     for name in sorted(set(names) - {i.name for i in proto.graph.input}):
         probed.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    options = onnxruntime.SessionOptions()
-    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return onnxruntime.InferenceSession(probed.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return onnxruntime.InferenceSession(probed.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
-def _activations(session: Any, images_nchw: np.ndarray, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+def conv_input_moments(proto: Any, images_nchw: np.ndarray, batch_size: int) -> dict[str, InputMoments]:
+    """Per Conv node name, the moments of its input patches on `images_nchw` at random positions.
+
+    The model runs in batches of `batch_size` (a fixed-batch model's own size).
+    """
+    convs = [n for n in proto.graph.node if n.op_type == "Conv"]
+    session = _conv_inputs_session(proto, [conv.input[0] for conv in convs])
     names = [o.name for o in session.get_outputs()]
     input_name = session.get_inputs()[0].name
+    rng = np.random.default_rng(0)
+    rows: dict[str, list[np.ndarray]] = {conv.name: [] for conv in convs}
     for start in range(0, len(images_nchw), batch_size):
         batch = np.ascontiguousarray(images_nchw[start : start + batch_size])
-        yield {input_name: batch, **dict(zip(names, session.run(None, {input_name: batch})))}
-
-
-def conv_input_moments(
-    float_proto: Any, int8_proto: Any | None, images_nchw: np.ndarray, batch_size: int
-) -> dict[str, InputMoments]:
-    """Per Conv node name, the moments of its input patches on `images_nchw` (fixed random positions).
-
-    The models run in batches of `batch_size` (a fixed-batch model's own size). Without
-    `int8_proto` the int8 moments are the float ones.
-    """
-    convs = [n for n in float_proto.graph.node if n.op_type == "Conv"]
-    models = [float_proto] if int8_proto is None else [float_proto, int8_proto]
-    streams = []
-    for proto in models:
-        by_name = {n.name: n for n in proto.graph.node if n.op_type == "Conv"}
-        sources = [by_name[conv.name].input[0] for conv in convs]
-        streams.append((sources, _activations(_conv_inputs_session(proto, sources), images_nchw, batch_size)))
-    rng = np.random.default_rng(0)
-    rows: dict[str, list[list[np.ndarray]]] = {conv.name: [[] for _ in models] for conv in convs}
-    for batches in zip(*(stream for _, stream in streams)):
-        for index, conv in enumerate(convs):
+        tensors = {input_name: batch, **dict(zip(names, session.run(None, {input_name: batch})))}
+        for conv in convs:
+            inputs = tensors[conv.input[0]]
             kernel, stride, pad = _conv_geometry(conv)
-            sample = batches[0][streams[0][0][index]]
-            height, width = ((size + 2 * pad - kernel) // stride + 1 for size in sample.shape[2:])
-            count = POSITIONS_PER_IMAGE * len(sample)
-            positions = tuple(rng.integers(0, limit, count) for limit in (len(sample), height, width))
-            for model, (batch, (sources, _)) in enumerate(zip(batches, streams)):
-                rows[conv.name][model].append(_patch_rows(batch[sources[index]], conv, positions))
-    moments = {}
-    for name, per_model in rows.items():
-        float_rows = np.concatenate(per_model[0])
-        moments[name] = InputMoments.from_rows(float_rows, np.concatenate(per_model[-1]))
-    return moments
+            height, width = ((size + 2 * pad - kernel) // stride + 1 for size in inputs.shape[2:])
+            count = POSITIONS_PER_IMAGE * len(inputs)
+            positions = tuple(rng.integers(0, limit, count) for limit in (len(inputs), height, width))
+            rows[conv.name].append(_patch_rows(inputs, conv, positions))
+    return {name: InputMoments.from_rows(np.concatenate(parts)) for name, parts in rows.items()}
 
 
 def round_conv_weights(float_proto: Any, moments: dict[str, InputMoments]) -> Any:

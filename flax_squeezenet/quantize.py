@@ -194,18 +194,9 @@ def quantize_int8(
         images = np.resize(images, (whole, *images.shape[1:]))
     else:
         batch = CALIBRATION_BATCH
-    nearest = _quantize_static(proto, images, batch, float_nodes)
-    if weight_rounding == "nearest":
-        return nearest
-    moments = onnx_rounding.conv_input_moments(proto, nearest, images, batch)
-    return _quantize_static(onnx_rounding.round_conv_weights(proto, moments), images, batch, float_nodes)
-
-
-def write_onnx(proto: Any, path: str | os.PathLike) -> pathlib.Path:
-    """Write `proto` to `path`, whole or not at all, with the mode the user's umask gives."""
-    with files.atomic_file(path) as temporary:
-        temporary.write_bytes(proto.SerializeToString())
-    return files.user_path(path)
+    if weight_rounding == "adaround":
+        proto = onnx_rounding.round_conv_weights(proto, onnx_rounding.conv_input_moments(proto, images, batch))
+    return _quantize_static(proto, images, batch, float_nodes)
 
 
 def run_onnx(path_or_proto: Any, images_nhwc: np.ndarray) -> np.ndarray:

@@ -3,10 +3,10 @@
 Round-to-nearest per-channel int8 weights move 2-3% of top-1 classes of squeezenet1_1 by
 themselves (BENCHMARKS.md, "The trap of issue #13"). Here each convolution's weights are rounded
 up or down, each weight on its own, to minimise the error of the layer's output on calibration
-inputs, and the bias absorbs the remaining mean shift. The inputs enter through their second
-moments only, sampled at random output positions: the reconstruction error of rounded weights `q`
-is `q Hqq q' - 2 w Hqf' q' + const`, with `Hqq` the covariance of the inputs the int8 model
-sees and `Hqf` their cross-covariance with the float model's. The scale of each output channel is
+inputs, and the bias absorbs the remaining mean shift. The inputs enter through their mean and
+covariance only, sampled at random output positions of the float model: after bias correction the
+output error of rounded weights `q` is `(w - q) C (w - q)'` per output channel, `C` the inputs'
+covariance. The scale of each output channel is
 the one `onnxruntime.quantization` computes (max |w| / 127) and every channel keeps its extreme
 at +-127, so `quantize_static` re-derives the same scale and reproduces these integers exactly
 (tests/test_int8.py::test_snapped_weights_survive_quantize_static).
@@ -23,7 +23,7 @@ import numpy as np
 import optax
 
 INT8_MAX = 127
-STEPS = 1500
+STEPS = 2000
 REGULARISATION = 0.01  # weight of the term that pushes each soft rounding to 0 or 1
 LEARNING_RATE = 1e-2
 WARMUP = 0.2  # share of the steps optimised without the regularisation term
@@ -32,31 +32,18 @@ ZETA, GAMMA = 1.1, -0.1  # the rectified sigmoid's stretch, as in the paper
 
 @dataclasses.dataclass(frozen=True)
 class InputMoments:
-    """Statistics of a convolution's input patches (rows of length in_channels * kh * kw).
+    """Mean and covariance of a convolution's input patches (rows of length in_channels * kh * kw)."""
 
-    `float_*` from the float model, `int8_*` from the int8 model on the same images and positions
-    (equal to the float ones when only the weights are being rounded).
-    """
-
-    float_mean: np.ndarray
-    int8_mean: np.ndarray
-    float_covariance: np.ndarray
-    int8_covariance: np.ndarray
-    cross_covariance: np.ndarray  # E[(x_int8 - mean)(x_float - mean)^T]
+    mean: np.ndarray
+    covariance: np.ndarray
 
     @classmethod
-    def from_rows(cls, float_rows: np.ndarray, int8_rows: np.ndarray) -> InputMoments:
-        """The moments of paired (samples, features) patch rows."""
-        float_rows, int8_rows = np.asarray(float_rows, np.float64), np.asarray(int8_rows, np.float64)
-        float_mean, int8_mean = float_rows.mean(0), int8_rows.mean(0)
-        centred_float, centred_int8 = float_rows - float_mean, int8_rows - int8_mean
-        count = len(float_rows)
-        return cls(
-            float_mean=float_mean, int8_mean=int8_mean,
-            float_covariance=centred_float.T @ centred_float / count,
-            int8_covariance=centred_int8.T @ centred_int8 / count,
-            cross_covariance=centred_int8.T @ centred_float / count,
-        )  # fmt: skip
+    def from_rows(cls, rows: np.ndarray) -> InputMoments:
+        """The moments of (samples, features) patch rows."""
+        rows = np.asarray(rows, np.float64)
+        mean = rows.mean(0)
+        centred = rows - mean
+        return cls(mean=mean, covariance=centred.T @ centred / len(rows))
 
 
 def channel_scales(weights: np.ndarray) -> np.ndarray:
@@ -69,7 +56,7 @@ def _rectified_sigmoid(v: jax.Array) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("steps",))
-def _adaround(weights, scales, int8_covariance, cross_covariance, float_covariance, steps: int):
+def _adaround(weights, scales, covariance, steps: int):
     levels = weights / scales
     floor = jnp.floor(levels)
     fraction = levels - floor
@@ -78,12 +65,11 @@ def _adaround(weights, scales, int8_covariance, cross_covariance, float_covarian
     def rounded(up: jax.Array) -> jax.Array:
         return jnp.where(extreme, jnp.round(levels), jnp.clip(floor + up, -INT8_MAX, INT8_MAX)) * scales
 
-    norm = jnp.trace(float_covariance) * jnp.mean(weights**2) + 1e-12
-    target = weights @ cross_covariance.T
+    norm = jnp.trace(covariance) * jnp.mean(weights**2) + 1e-12
 
     def loss(v, beta, regularisation):
-        q = rounded(_rectified_sigmoid(v))
-        error = (jnp.sum((q @ int8_covariance) * q) - 2 * jnp.sum(target * q)) / norm
+        difference = weights - rounded(_rectified_sigmoid(v))
+        error = jnp.sum((difference @ covariance) * difference) / norm
         binary = jnp.sum(1 - jnp.abs(2 * _rectified_sigmoid(v) - 1) ** beta) / weights.size
         return error + regularisation * binary
 
@@ -108,13 +94,12 @@ def adaround(
     """(weights on the int8 grid, corrected bias) for a convolution with `weights` (out, fan_in).
 
     The returned weights are integers times `channel_scales(weights)`, each channel's extreme at
-    +-127; the bias adds the expected output shift that rounding and the int8 inputs cause.
+    +-127; the bias adds the expected output shift that rounding causes.
     """
     weights = np.asarray(weights, np.float32)
     as_f32 = functools.partial(jnp.asarray, dtype=jnp.float32)
     snapped = np.asarray(_adaround(
-        as_f32(weights), as_f32(channel_scales(weights)), as_f32(moments.int8_covariance),
-        as_f32(moments.cross_covariance), as_f32(moments.float_covariance), steps=steps,
+        as_f32(weights), as_f32(channel_scales(weights)), as_f32(moments.covariance), steps=steps
     ))  # fmt: skip
-    shift = weights @ moments.float_mean - snapped @ moments.int8_mean
+    shift = (weights - snapped) @ moments.mean
     return snapped, (np.asarray(bias, np.float64) + shift).astype(np.float32)

@@ -180,7 +180,7 @@ def test_snapped_weights_survive_quantize_static():
     model, variables = random_model(in_channels=3)
     proto = fsq.to_onnx(model, variables)
     images = np.random.default_rng(2).standard_normal((8, 3, 32, 32)).astype(np.float32)
-    moments = onnx_rounding.conv_input_moments(proto, None, images, batch_size=4)
+    moments = onnx_rounding.conv_input_moments(proto, images, batch_size=4)
     rounded = onnx_rounding.round_conv_weights(proto, moments)
     int8 = quantize.quantize_int8(rounded, images.transpose(0, 2, 3, 1), weight_rounding="nearest")
     snapped = {t.name: onnx.numpy_helper.to_array(t) for t in rounded.graph.initializer}
@@ -201,7 +201,7 @@ def test_adaround_beats_round_to_nearest_on_the_layer_output():
     inputs = rng.standard_normal((4000, 48)) @ rng.standard_normal((48, 48))  # correlated, as patches are
     weights = (rng.standard_normal((16, 48)) * 0.1).astype(np.float32)
     bias = np.zeros(16, np.float32)
-    moments = rounding.InputMoments.from_rows(inputs, inputs)
+    moments = rounding.InputMoments.from_rows(inputs)
     snapped, corrected = rounding.adaround(weights, bias, moments)
     scales = rounding.channel_scales(weights)
     nearest = np.round(weights / scales) * scales
