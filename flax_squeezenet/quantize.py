@@ -1,8 +1,9 @@
 """int8 ONNX: static post-training quantization of the exported graph, checked against the Flax model.
 
-The float32 graph of `flax_squeezenet.export.to_onnx` goes through `onnxruntime.quantization.
-quantize_static` in QDQ format: per-channel symmetric int8 weights, uint8 activations, ranges
-calibrated on real images (a folder, run through the model's own preprocessing). The final
+The float32 graph of `flax_squeezenet.export.to_onnx`, its convolution weights first rounded onto
+their int8 grid by AdaRound (`flax_squeezenet.onnx_rounding`), goes through `onnxruntime.
+quantization.quantize_static` in QDQ format: per-channel symmetric int8 weights, uint8 activations,
+ranges calibrated on real images (run through the weights' own input convention). The final
 GlobalAveragePool stays in float: quantizing its output quantizes the logits themselves, so logits
 beyond the largest one seen in calibration saturate (tests/test_int8.py::
 test_int8_agrees_with_flax_on_held_back_photos). Keeping the stem convolution in float as well was
