@@ -23,7 +23,7 @@ from typing import Any, Literal
 import jax
 import numpy as np
 
-from flax_squeezenet import files, onnx_rounding
+from flax_squeezenet import onnx_rounding
 from flax_squeezenet.conventions import IMAGENET, InputConvention
 from flax_squeezenet.models import SqueezeNet
 from flax_squeezenet.preprocess import IMAGENET_MEAN, IMAGENET_STD, preprocess_one, to_pil
