@@ -1,12 +1,12 @@
 """int8 ONNX against float32 ONNX for squeezenet1_1 (torchvision weights), side by side in one run.
 
 Real photos (`../shared/data/imagenet-photos`): a fixed shuffle, the first --calibration photos
-calibrate, the others are held back. For each choice of nodes kept in float it reports the top-1
-agreement with the float32 ONNX model and the largest logit difference on the held-back photos,
-the top-1 accuracy on those of them with an ImageNet-1k label, and the file size. Then the
-images/s of float32 and the chosen int8 file (`flax_squeezenet.quantize.FLOAT_NODES`) in
-onnxruntime (CPU provider, default options) at batch 32 and batch 1, alternating the two models
-each repeat, as medians.
+calibrate, the others are held back. For each variant (weight rounding, nodes kept in float) it
+reports the top-1 agreement with the float32 ONNX model and the largest logit difference on the
+held-back photos, the top-1 accuracy on those of them with an ImageNet-1k label, and the file size.
+Then the images/s of float32 and the chosen int8 file (`flax_squeezenet.save_onnx(int8=True)`: AdaRound
+weights, `quantize.FLOAT_NODES` in float) in onnxruntime (CPU provider, default options) at batch
+32 and batch 1, alternating the two models each repeat, as medians.
 
     python bench/int8.py --out bench_results/int8.json
     python bench/int8.py --workdir runs/fashion_mnist   # a training run's test top-1, float32 vs int8 ONNX
@@ -30,10 +30,9 @@ sys.path.insert(0, str(ROOT))
 import flax_squeezenet as fsq  # noqa: E402
 from flax_squeezenet import quantize  # noqa: E402
 
-FLOAT_NODE_CHOICES = {
-    "none (quantize_static's default)": (),
-    "average pool (kept)": quantize.FLOAT_NODES,
-    "stem conv + average pool": ("conv1/conv", "pooled"),
+VARIANTS = {  # name: (weight rounding, nodes kept in float)
+    "AdaRound weights, average pool in float (--weight-rounding adaround)": ("adaround", quantize.FLOAT_NODES),
+    "nearest weights, average pool in float (the default)": ("nearest", quantize.FLOAT_NODES),
 }
 
 
@@ -54,30 +53,35 @@ def images_per_second(session, images: np.ndarray, repeats: int) -> float:
     return len(images) / statistics.median(times)
 
 
-def accuracy_rows(model, variables, calibration, held_back, labels) -> list[dict]:
+def accuracy_rows(model, variables, calibration, held_back, labels) -> tuple[list[dict], object]:
+    """The rows of the float32 model and each variant; the last variant's int8 model."""
     proto = fsq.to_onnx(model, variables)
     reference = quantize.run_onnx(proto, held_back)
     labeled = labels >= 0
     rows = [{"model": "float32", "bytes": proto.ByteSize(),
              "top1": float(np.mean(reference.argmax(1)[labeled] == labels[labeled]))}]  # fmt: skip
-    for name, float_nodes in FLOAT_NODE_CHOICES.items():
-        int8 = quantize.quantize_int8(proto, calibration, float_nodes)
+    for name, (weight_rounding, float_nodes) in VARIANTS.items():
+        start = time.perf_counter()
+        int8 = quantize.quantize_int8(proto, calibration, float_nodes, weight_rounding=weight_rounding)
+        seconds = time.perf_counter() - start
         logits = quantize.run_onnx(int8, held_back)
         result = quantize.agreement(reference, logits)
         rows.append({
-            "model": f"int8, float nodes: {name}", "bytes": int8.ByteSize(),
+            "model": f"int8, {name}", "bytes": int8.ByteSize(), "quantize seconds": seconds,
             "top1": float(np.mean(logits.argmax(1)[labeled] == labels[labeled])),
             "agreement": result.top1_agreement, "max_logit_difference": result.max_logit_difference,
         })  # fmt: skip
-    return rows
+        print(json.dumps(rows[-1]), flush=True)
+    return rows, int8
 
 
-def speed_rows(model, variables, calibration, repeats: int) -> list[dict]:
+def speed_rows(model, variables, int8_proto, calibration, repeats: int) -> list[dict]:
     import onnxruntime
 
     with tempfile.TemporaryDirectory() as scratch:
-        float_path = quantize.write_onnx(fsq.to_onnx(model, variables), pathlib.Path(scratch) / "f32.onnx")
-        int8_path = quantize.save_int8_onnx(model, variables, pathlib.Path(scratch) / "int8.onnx", calibration)
+        float_path = fsq.save_onnx(model, variables, pathlib.Path(scratch) / "f32.onnx")
+        int8_path = pathlib.Path(scratch) / "int8.onnx"
+        int8_path.write_bytes(int8_proto.SerializeToString())
         sessions = {
             name: onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
             for name, path in (("float32", float_path), ("int8", int8_path))
@@ -153,13 +157,10 @@ def main() -> None:
     held_back = fsq.preprocess(held_back_files)
     labels = labels_of(held_back_files, shared / "data/imagenet_wnids.txt")
     print(f"calibration {len(calibration)} photos; held back {len(held_back)}, {int((labels >= 0).sum())} labeled")
-    results = {
-        "accuracy": accuracy_rows(model, variables, calibration, held_back, labels),
-        "speed": speed_rows(model, variables, calibration, args.repeats),
-    }
-    for section in results.values():
-        for row in section:
-            print(json.dumps(row))
+    accuracy, int8_proto = accuracy_rows(model, variables, calibration, held_back, labels)
+    results = {"accuracy": accuracy, "speed": speed_rows(model, variables, int8_proto, calibration, args.repeats)}
+    for row in results["speed"]:
+        print(json.dumps(row))
     write_json(results, args.out)
 
 

@@ -37,8 +37,8 @@ from int8 import labels_of, write_json  # noqa: E402
 def write_files(model, variables, calibration: np.ndarray, folder: pathlib.Path) -> dict[str, pathlib.Path]:
     """The four files, by runtime and precision; batch 1 at 224 for LiteRT, free batch for ONNX."""
     return {
-        "onnxruntime float32": quantize.write_onnx(fsq.to_onnx(model, variables), folder / "f32.onnx"),
-        "onnxruntime int8": quantize.save_int8_onnx(model, variables, folder / "int8.onnx", calibration),
+        "onnxruntime float32": fsq.save_onnx(model, variables, folder / "f32.onnx"),
+        "onnxruntime int8": fsq.save_onnx(model, variables, folder / "int8.onnx", int8=True, calibration=calibration),
         "LiteRT float32": fsq.save_tflite(model, variables, folder / "f32.tflite", batch=1),
         "LiteRT int8": fsq.save_tflite(model, variables, folder / "int8.tflite", int8=True,
                                        calibration=calibration, batch=1),  # fmt: skip

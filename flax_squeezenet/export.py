@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -121,16 +121,40 @@ def to_onnx(module: SqueezeNet, variables: Mapping[str, Any]) -> Any:
 
 
 def save_onnx(
-    module: SqueezeNet, variables: Mapping[str, Any], path: str | os.PathLike, *, preprocessing: Any = None
+    module: SqueezeNet,
+    variables: Mapping[str, Any],
+    path: str | os.PathLike,
+    *,
+    preprocessing: Any = None,
+    int8: bool = False,
+    calibration: Any = None,
+    input_shape: Sequence[int] | None = None,
+    weight_rounding: str = "nearest",
 ) -> pathlib.Path:
     """Write the ONNX export of `module` with `variables` to `path` (whole or not at all, mode per umask).
 
     `preprocessing` (a `conventions.InputConvention`) is stored as the model property
     "preprocessing" (JSON: mean, std, resize_size, crop_size, channel_order) for deployments.
+    `int8=True` writes the static int8 (QDQ) model (`flax_squeezenet.quantize`), calibrated on
+    `calibration`: a folder of images or a list of image files, prepared by `preprocessing`
+    (default: ImageNet's for a 3-channel model; a 1-channel model needs its own), or an NHWC
+    float32 array already prepared. `input_shape` (N, C, H, W) fixes the input shape; by default
+    the batch and image size are free. `weight_rounding` "adaround" rounds the int8 weights to
+    reproduce each layer's float output on the calibration images (slower to write; its accuracy
+    against "nearest" is in BENCHMARKS.md).
     """
     import onnx
 
+    from flax_squeezenet import quantize
+
+    if int8 != (calibration is not None):
+        raise ValueError("int8=True and calibration go together (a folder, image files or prepared images)")
     model = to_onnx(module, variables)
+    if input_shape is not None:
+        model = quantize.with_fixed_input_shape(model, input_shape)
+    if int8:
+        images = quantize.calibration_images(calibration, module.in_channels, preprocessing, input_shape)
+        model = quantize.quantize_int8(model, images, weight_rounding=weight_rounding)
     if preprocessing is not None:
         onnx.helper.set_model_props(model, {"preprocessing": json.dumps(preprocessing.to_dict())})
     with files.atomic_file(path) as temporary:

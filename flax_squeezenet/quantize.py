@@ -1,8 +1,9 @@
 """int8 ONNX: static post-training quantization of the exported graph, checked against the Flax model.
 
-The float32 graph of `flax_squeezenet.export.to_onnx` goes through `onnxruntime.quantization.
-quantize_static` in QDQ format: per-channel symmetric int8 weights, uint8 activations, ranges
-calibrated on real images (a folder, run through the model's own preprocessing). The final
+The float32 graph of `flax_squeezenet.export.to_onnx`, its convolution weights first rounded onto
+their int8 grid by AdaRound (`flax_squeezenet.onnx_rounding`), goes through `onnxruntime.
+quantization.quantize_static` in QDQ format: per-channel symmetric int8 weights, uint8 activations,
+ranges calibrated on real images (run through the weights' own input convention). The final
 GlobalAveragePool stays in float: quantizing its output quantizes the logits themselves, so logits
 beyond the largest one seen in calibration saturate (tests/test_int8.py::
 test_int8_agrees_with_flax_on_held_back_photos). Keeping the stem convolution in float as well was
@@ -13,26 +14,26 @@ Needs `onnx` and `onnxruntime` (the `export` extra).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import pathlib
 import tempfile
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import numpy as np
 
-from flax_squeezenet import files
-from flax_squeezenet.export import to_onnx
+from flax_squeezenet import onnx_rounding
+from flax_squeezenet.conventions import IMAGENET, InputConvention
 from flax_squeezenet.models import SqueezeNet
-from flax_squeezenet.preprocess import CROP_SIZE, IMAGENET_MEAN, IMAGENET_STD, RESIZE_SIZE, preprocess_one, to_pil
+from flax_squeezenet.preprocess import IMAGENET_MEAN, IMAGENET_STD, preprocess_one, to_pil
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 FLOAT_NODES = ("pooled",)  # the node names export.to_onnx gives; see the module docstring
 CALIBRATION_BATCH = 16
 HELD_BACK = 0.25  # of a calibration folder, set aside to check the int8 model against the Flax model
 MAX_IMAGES = 300  # per part (calibration, held back): bounds memory and calibration time
+WeightRounding = Literal["adaround", "nearest"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,16 +151,40 @@ def _calibration_reader(images_nchw: np.ndarray, batch: int):
     return Reader()
 
 
-def quantize_int8(proto: Any, calibration_nhwc: np.ndarray, float_nodes: Sequence[str] = FLOAT_NODES) -> Any:
-    """The int8 QDQ `onnx.ModelProto` of the float32 export `proto`, calibrated on `calibration_nhwc`.
-
-    The nodes named in `float_nodes` stay in float. With a fixed input batch, calibration runs in
-    batches of exactly that size.
-    """
-    require_onnxruntime()
+def _quantize_static(proto: Any, images_nchw: np.ndarray, batch: int, float_nodes: Sequence[str]) -> Any:
+    """`quantize_static` of `proto` (QDQ, per-channel int8 weights, uint8 activations, MinMax)."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
+    with tempfile.TemporaryDirectory(prefix="flax_squeezenet_int8_") as scratch:
+        source, output = pathlib.Path(scratch) / "float32.onnx", pathlib.Path(scratch) / "int8.onnx"
+        onnx.save(proto, source)  # quantize_static moves a ModelProto's weights out to a temporary file
+        quantize_static(
+            source, output, _calibration_reader(images_nchw, batch),
+            quant_format=QuantFormat.QDQ, per_channel=True,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=list(float_nodes),
+        )  # fmt: skip
+        return onnx.load(output)
+
+
+def quantize_int8(
+    proto: Any,
+    calibration_nhwc: np.ndarray,
+    float_nodes: Sequence[str] = FLOAT_NODES,
+    *,
+    weight_rounding: WeightRounding = "nearest",
+) -> Any:
+    """The int8 QDQ `onnx.ModelProto` of the float32 export `proto`, calibrated on `calibration_nhwc`.
+
+    The nodes named in `float_nodes` stay in float. `weight_rounding` "adaround" rounds each
+    convolution's weights to reproduce its float output on the calibration images as the int8
+    model computes it (`flax_squeezenet.rounding`); "nearest" is `quantize_static`'s own rounding.
+    With a fixed input batch, calibration runs in batches of exactly that size.
+    """
+    require_onnxruntime()
+    if weight_rounding not in ("adaround", "nearest"):
+        raise ValueError(f"expected weight_rounding 'adaround' or 'nearest', got {weight_rounding!r}")
     if len(calibration_nhwc) == 0:
         raise ValueError("expected at least one calibration image")
     batch_dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
@@ -170,23 +195,9 @@ def quantize_int8(proto: Any, calibration_nhwc: np.ndarray, float_nodes: Sequenc
         images = np.resize(images, (whole, *images.shape[1:]))
     else:
         batch = CALIBRATION_BATCH
-    with tempfile.TemporaryDirectory(prefix="flax_squeezenet_int8_") as scratch:
-        source, output = pathlib.Path(scratch) / "float32.onnx", pathlib.Path(scratch) / "int8.onnx"
-        onnx.save(proto, source)  # quantize_static moves a ModelProto's weights out to a temporary file
-        quantize_static(
-            source, output, _calibration_reader(images, batch),
-            quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=list(float_nodes),
-        )  # fmt: skip
-        return onnx.load(output)
-
-
-def write_onnx(proto: Any, path: str | os.PathLike) -> pathlib.Path:
-    """Write `proto` to `path`, whole or not at all, with the mode the user's umask gives."""
-    with files.atomic_file(path) as temporary:
-        temporary.write_bytes(proto.SerializeToString())
-    return files.user_path(path)
+    if weight_rounding == "adaround":
+        proto = onnx_rounding.round_conv_weights(proto, onnx_rounding.conv_input_moments(proto, images, batch))
+    return _quantize_static(proto, images, batch, float_nodes)
 
 
 def run_onnx(path_or_proto: Any, images_nhwc: np.ndarray) -> np.ndarray:
@@ -214,25 +225,6 @@ def agreement(reference: np.ndarray, logits: np.ndarray) -> Agreement:
     )
 
 
-def save_int8_onnx(
-    module: SqueezeNet,
-    variables: Mapping[str, Any],
-    path: str | os.PathLike,
-    calibration_nhwc: np.ndarray,
-    *,
-    input_shape: Sequence[int] | None = None,
-) -> pathlib.Path:
-    """Write the int8 ONNX export of `module` calibrated on the NHWC batch `calibration_nhwc`.
-
-    `input_shape` (N, C, H, W) fixes the input shape; by default the batch and image size are free.
-    Nothing is written if the export or the quantization fails.
-    """
-    proto = to_onnx(module, variables)
-    if input_shape is not None:
-        proto = with_fixed_input_shape(proto, input_shape)
-    return write_onnx(quantize_int8(proto, np.asarray(calibration_nhwc, np.float32)), path)
-
-
 def flax_logits(module: SqueezeNet, variables: Mapping[str, Any], images_nhwc: np.ndarray) -> np.ndarray:
     """The Flax model's eval-mode logits on `images_nhwc`, in batches of `CALIBRATION_BATCH`."""
     apply = jax.jit(module.apply)
@@ -242,49 +234,38 @@ def flax_logits(module: SqueezeNet, variables: Mapping[str, Any], images_nhwc: n
     ])  # fmt: skip
 
 
-def normalisation(channels: int, mean: Sequence[float] | None, std: Sequence[float] | None) -> tuple:
-    """(mean, std) for calibration images: the given ones, else ImageNet's for 3 channels."""
-    if mean is None and std is None:
+def calibration_images(
+    calibration: str | os.PathLike | Sequence[str | os.PathLike] | np.ndarray,
+    channels: int,
+    preprocessing: InputConvention | None = None,
+    input_shape: Sequence[int] | None = None,
+) -> np.ndarray:
+    """The NHWC float32 calibration batch for a model with `channels` input channels.
+
+    `calibration` is a folder of images, a list of image files, or an NHWC array already prepared
+    (returned as float32). Files are prepared by `preprocessing`, the weights' own input
+    convention (default: ImageNet's, for 3 channels only); with `input_shape` its crop size must
+    be the shape's height and width. ValueError naming the file or the mismatch otherwise.
+    """
+    if isinstance(calibration, np.ndarray):
+        if calibration.ndim != 4 or calibration.shape[-1] != channels or len(calibration) == 0:
+            raise ValueError(f"expected prepared calibration images of shape (N, H, W, {channels}), "
+                             f"got {calibration.shape}")  # fmt: skip
+        return calibration.astype(np.float32)
+    if preprocessing is None:
         if channels != 3:
             raise ValueError(
-                f"a {channels}-channel model needs the mean and std it was trained with (--mean, --std)"
+                f"a {channels}-channel model needs the input convention it was trained with "
+                "(preprocessing=InputConvention(...); on the command line --mean, --std)"
             )
-        return IMAGENET_MEAN, IMAGENET_STD
-    if mean is None or std is None:
-        raise ValueError("expected both mean and std, or neither")
-    return tuple(mean), tuple(std)
-
-
-def save_int8_onnx_from_folder(
-    module: SqueezeNet,
-    variables: Mapping[str, Any],
-    path: str | os.PathLike,
-    folder: str | os.PathLike,
-    *,
-    image_size: int = 224,
-    input_shape: Sequence[int] | None = None,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-) -> Agreement:
-    """Write the int8 ONNX export calibrated on the images in `folder`; compare it on the held-back ones.
-
-    A fixed share (`HELD_BACK`) of the folder is not used for calibration: the returned `Agreement`
-    compares the written file, in onnxruntime, with the Flax model on those images. Images are
-    prepared as `preprocess` does at `image_size` (the input shape's, when given): at 224, shorter
-    side to 256 and center crop 224, as for ImageNet; at other sizes, shorter side to `image_size`
-    and center crop, as the training program's evaluation does. `mean`/`std` default to ImageNet's.
-    """
-    if input_shape is not None:
-        image_size = input_shape[2]
-        if input_shape[2] != input_shape[3]:
-            raise ValueError(f"expected a square input shape (H = W), got {'x'.join(map(str, input_shape))}")
-    require_onnxruntime()
-    mean, std = normalisation(module.in_channels, mean, std)
-    calibration_files, held_back_files = split_held_back(image_files(folder), HELD_BACK, MAX_IMAGES)
-    prepare = functools.partial(
-        preprocess_for_model, channels=module.in_channels, image_size=image_size,
-        resize_size=RESIZE_SIZE if image_size == CROP_SIZE else image_size, mean=mean, std=std,
-    )  # fmt: skip
-    held_back = prepare(held_back_files)
-    written = save_int8_onnx(module, variables, path, prepare(calibration_files), input_shape=input_shape)
-    return agreement(flax_logits(module, variables, held_back), run_onnx(written, held_back))
+        preprocessing = IMAGENET
+    if preprocessing.channels != channels:
+        raise ValueError(f"expected a {channels}-channel input convention for this model, "
+                         f"got channel_order {preprocessing.channel_order!r}")  # fmt: skip
+    if input_shape is not None and tuple(input_shape[2:]) != (preprocessing.crop_size,) * 2:
+        raise ValueError(f"input shape {'x'.join(map(str, input_shape))} does not match the input "
+                         f"convention's crop size {preprocessing.crop_size}")  # fmt: skip
+    paths = image_files(calibration) if isinstance(calibration, (str, os.PathLike)) else list(calibration)
+    if not paths:
+        raise ValueError("expected at least one calibration image")
+    return preprocessing.preprocess(paths)

@@ -20,7 +20,6 @@ its expand convolutions share one quantization, as TFLite's int8 CONCATENATION r
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import pathlib
 from collections.abc import Mapping, Sequence
@@ -31,10 +30,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from flax_squeezenet import files, quantize
+from flax_squeezenet.conventions import InputConvention
 from flax_squeezenet.layers import Convolution, Layer
 from flax_squeezenet.models import SqueezeNet
 from flax_squeezenet.ops import max_pool_3x3_ceil, pooled_size
-from flax_squeezenet.preprocess import CROP_SIZE, RESIZE_SIZE
+from flax_squeezenet.preprocess import CROP_SIZE
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
@@ -481,27 +481,22 @@ def save_tflite_from_folder(
     path: str | os.PathLike,
     folder: str | os.PathLike,
     *,
-    image_size: int = CROP_SIZE,
+    preprocessing: InputConvention | None = None,
     batch: int | None = None,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
 ) -> quantize.Agreement:
     """Write the int8 LiteRT export calibrated on the images in `folder`; compare it on the held-back ones.
 
-    The folder is read, split and prepared as `quantize.save_int8_onnx_from_folder` does (the same
-    held-back share, preprocessing at `image_size`, `mean`/`std` defaulting to ImageNet's); the
-    returned `Agreement` compares the written file, in the LiteRT interpreter, with the Flax model.
+    The folder is split as the int8 ONNX export splits it, and its images are prepared by
+    `preprocessing`, the weights' own input convention (`quantize.calibration_images`: ImageNet's
+    by default for 3 channels); the returned `Agreement` compares the written file, in the LiteRT
+    interpreter, with the Flax model on the held-back images.
     """
     require_litert()
-    mean, std = quantize.normalisation(module.in_channels, mean, std)
     calibration_files, held_back_files = quantize.split_held_back(
         quantize.image_files(folder), quantize.HELD_BACK, quantize.MAX_IMAGES
     )
-    prepare = functools.partial(
-        quantize.preprocess_for_model, channels=module.in_channels, image_size=image_size,
-        resize_size=RESIZE_SIZE if image_size == CROP_SIZE else image_size, mean=mean, std=std,
-    )  # fmt: skip
-    held_back = prepare(held_back_files)
-    written = save_tflite(module, variables, path, int8=True, calibration=prepare(calibration_files),
-                          image_size=image_size, batch=batch)  # fmt: skip
+    calibration = quantize.calibration_images(calibration_files, module.in_channels, preprocessing)
+    held_back = quantize.calibration_images(held_back_files, module.in_channels, preprocessing)
+    written = save_tflite(module, variables, path, int8=True, calibration=calibration,
+                          image_size=calibration.shape[1], batch=batch)  # fmt: skip
     return quantize.agreement(quantize.flax_logits(module, variables, held_back), run_tflite(written, held_back))

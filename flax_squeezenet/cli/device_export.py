@@ -4,11 +4,14 @@ LiteRT float32 and int8 (flax_squeezenet.tflite)."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 import numpy as np
 
 from flax_squeezenet import files, quantize, tflite
-from flax_squeezenet.export import to_onnx
+from flax_squeezenet.conventions import IMAGENET, InputConvention
+from flax_squeezenet.export import save_onnx
+from flax_squeezenet.preprocess import CROP_SIZE, RESIZE_SIZE
 
 
 def add_options(parser: argparse.ArgumentParser) -> None:
@@ -27,8 +30,12 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         help="fix the input shape (e.g. 1x3x224x224) for static-shape toolchains; default: free batch and size "
         "(tflite: NHWC at --image-size, batch 1 that the interpreter may resize)",
     )  # fmt: skip
-    group.add_argument("--mean", type=float, nargs="+", help="calibration normalisation (default: ImageNet's)")
-    group.add_argument("--std", type=float, nargs="+", help="calibration normalisation (default: ImageNet's)")
+    group.add_argument(
+        "--weight-rounding", choices=("nearest", "adaround"), default="nearest",
+        help="int8 ONNX weights: round to nearest (default) or AdaRound to each layer's float output (slower)",
+    )  # fmt: skip
+    group.add_argument("--mean", type=float, nargs="+", help="calibration normalisation (default: the weights' own)")
+    group.add_argument("--std", type=float, nargs="+", help="calibration normalisation (default: the weights' own)")
 
 
 def parse_input_shape(text: str) -> tuple[int, ...]:
@@ -50,20 +57,50 @@ def check_options(args: argparse.Namespace, module) -> None:
         raise ValueError(f"--input-shape: height and width must be at least {module.min_input_size}")
 
 
-def export(args: argparse.Namespace, module, variables) -> str:
-    """Write the int8 or fixed-shape ONNX export the options ask for; the line that reports its check."""
+def calibration_convention(args: argparse.Namespace, module, convention: InputConvention | None):
+    """The input convention to calibrate and check with: the weights' own (`convention`), with
+    --mean/--std and the image size (--input-shape's, else --image-size) applied; None for a
+    1-channel model without its own or --mean/--std."""
+    if (args.mean is None) != (args.std is None):
+        raise ValueError("expected both --mean and --std, or neither")
+    if convention is not None and convention.channels != module.in_channels:
+        convention = None
+    if args.mean is not None:
+        order = convention.channel_order if convention is not None else "RGB" if module.in_channels == 3 else "L"
+        convention = dataclasses.replace(convention or InputConvention(channel_order=order, mean=tuple(args.mean),
+                                         std=tuple(args.std)), mean=tuple(args.mean), std=tuple(args.std))  # fmt: skip
+    if convention is None and module.in_channels == 3:
+        convention = IMAGENET
+    size = args.input_shape[2] if args.input_shape is not None else args.image_size
+    if convention is None or size is None or size == convention.crop_size:
+        return convention
+    return dataclasses.replace(convention, crop_size=size, resize_size=RESIZE_SIZE if size == CROP_SIZE else size)
+
+
+def export(args: argparse.Namespace, module, variables, convention: InputConvention | None) -> str:
+    """Write the int8 or fixed-shape ONNX export the options ask for; the line that reports its check.
+
+    Calibration and the check prepare images by the weights' own input `convention`.
+    """
     check_options(args, module)
+    convention = calibration_convention(args, module, convention)
     if args.int8:
-        result = quantize.save_int8_onnx_from_folder(
-            module, variables, args.output, args.calibration, image_size=args.image_size,
-            input_shape=args.input_shape, mean=args.mean, std=args.std,
+        calibration, held_back_files = quantize.split_held_back(
+            quantize.image_files(args.calibration), quantize.HELD_BACK, quantize.MAX_IMAGES
+        )
+        held_back = quantize.calibration_images(held_back_files, module.in_channels, convention)
+        path = save_onnx(
+            module, variables, args.output, preprocessing=convention, int8=True,
+            calibration=calibration, input_shape=args.input_shape, weight_rounding=args.weight_rounding,
         )  # fmt: skip
+        result = quantize.agreement(
+            quantize.flax_logits(module, variables, held_back), quantize.run_onnx(path, held_back)
+        )
         return (
-            f"wrote int8 {args.output}; vs Flax on {result.images} held-back images: top-1 agreement "
+            f"wrote int8 {path}; vs Flax on {result.images} held-back images: top-1 agreement "
             f"{100 * result.top1_agreement:.1f}%, max |logit difference| {result.max_logit_difference:.2f}"
         )
-    proto = quantize.with_fixed_input_shape(to_onnx(module, variables), args.input_shape)
-    path = quantize.write_onnx(proto, args.output)
+    path = save_onnx(module, variables, args.output, preprocessing=convention, input_shape=args.input_shape)
     batch, channels, height, width = args.input_shape
     images = np.random.default_rng(0).standard_normal((batch, height, width, channels)).astype(np.float32)
     result = quantize.agreement(quantize.flax_logits(module, variables, images), quantize.run_onnx(path, images))
@@ -71,11 +108,14 @@ def export(args: argparse.Namespace, module, variables) -> str:
     return f"wrote {path} (input {shape}); onnxruntime vs Flax: max |difference| {result.max_logit_difference:.2e}"
 
 
-def export_tflite(args: argparse.Namespace, module, variables) -> str:
+def export_tflite(args: argparse.Namespace, module, variables, convention: InputConvention | None) -> str:
     """Write the LiteRT export the options ask for (float32, or int8 with --int8); the line that
-    reports its check against the Flax model."""
+    reports its check against the Flax model. Calibration prepares images by the weights' own
+    input `convention`."""
     check_options(args, module)
-    batch, height, width = None, args.image_size, args.image_size
+    convention = calibration_convention(args, module, convention)
+    size = args.image_size or (CROP_SIZE if convention is None else convention.crop_size)
+    batch, height, width = None, size, size
     if args.input_shape is not None:
         batch, channels, height, width = args.input_shape
         if channels != module.in_channels:
@@ -87,9 +127,8 @@ def export_tflite(args: argparse.Namespace, module, variables) -> str:
         if height != width:
             raise ValueError(f"expected a square --input-shape for --int8 (H = W), got {height}x{width}")
         result = tflite.save_tflite_from_folder(
-            module, variables, args.output, args.calibration, image_size=height, batch=batch,
-            mean=args.mean, std=args.std,
-        )  # fmt: skip
+            module, variables, args.output, args.calibration, preprocessing=convention, batch=batch
+        )
         return (
             f"wrote int8 {files.user_path(args.output)} (input {shape}); vs Flax on {result.images} held-back "
             f"images: top-1 agreement {100 * result.top1_agreement:.1f}%, "

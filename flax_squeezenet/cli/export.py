@@ -23,6 +23,7 @@ from flax_squeezenet.conventions import input_convention
 from flax_squeezenet.download import DownloadError
 from flax_squeezenet.export import save_onnx
 from flax_squeezenet.models import MODELS, create_model
+from flax_squeezenet.preprocess import CROP_SIZE
 from flax_squeezenet.pretrained import PRETRAINED, load_pretrained
 
 PROG = "squeezenet-export"
@@ -60,9 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="classifier outputs; with weights of another count, a fresh classifier replaces theirs",
     )  # fmt: skip
     parser.add_argument(
-        "--image-size", type=positive_int, default=224, metavar="PIXELS",
-        help="input size to check the export at (the ONNX model accepts any size; a tflite model has "
-        "this size; default 224)",
+        "--image-size", type=positive_int, metavar="PIXELS",
+        help="input size to check (and calibrate) the export at (the ONNX model accepts any size; "
+        "a tflite model has this size; default: the weights' crop size, 224 for ImageNet's)",
     )  # fmt: skip
     device_export.add_options(parser)
     return parser
@@ -118,25 +119,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         check_output(args.output)
         module, variables = load_module(args)
-        if args.image_size < module.min_input_size:
+        if args.image_size is not None and args.image_size < module.min_input_size:
             raise ValueError(f"--image-size must be at least {module.min_input_size}, got {args.image_size}")
-        if args.format == "tflite":
-            print(device_export.export_tflite(args, module, variables))
-            return 0
-        if args.int8 or args.calibration or args.input_shape:
-            print(device_export.export(args, module, variables))
-            return 0
         source = None if args.random_init else args.weights or args.model or DEFAULT_MODEL
         convention = None if source is None else input_convention(source)
+        if args.format == "tflite":
+            print(device_export.export_tflite(args, module, variables, convention))
+            return 0
+        if args.int8 or args.calibration or args.input_shape:
+            print(device_export.export(args, module, variables, convention))
+            return 0
+        image_size = args.image_size or (CROP_SIZE if convention is None else convention.crop_size)
         with files.atomic_file(args.output) as staging:
             save_onnx(module, variables, staging, preprocessing=convention)
-            difference = check_export(str(staging), module, variables, args.image_size)
+            difference = check_export(str(staging), module, variables, image_size)
     except (OSError, ValueError, ImportError, DownloadError) as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 1
     path = files.user_path(args.output)
     print(f"wrote {path} ({module.num_classes} classes); onnxruntime vs Flax at "
-          f"{args.image_size}x{args.image_size}: max |difference| {difference:.2e}")  # fmt: skip
+          f"{image_size}x{image_size}: max |difference| {difference:.2e}")  # fmt: skip
     return 0
 
 

@@ -1,0 +1,105 @@
+"""Adaptive rounding of int8 convolution weights (AdaRound, Nagel et al. 2020), with bias correction.
+
+Round-to-nearest per-channel int8 weights move 2-3% of top-1 classes of squeezenet1_1 by
+themselves (BENCHMARKS.md, "The trap of issue #13"). Here each convolution's weights are rounded
+up or down, each weight on its own, to minimise the error of the layer's output on calibration
+inputs, and the bias absorbs the remaining mean shift. The inputs enter through their mean and
+covariance only, sampled at random output positions of the float model: after bias correction the
+output error of rounded weights `q` is `(w - q) C (w - q)'` per output channel, `C` the inputs'
+covariance. The scale of each output channel is
+the one `onnxruntime.quantization` computes (max |w| / 127) and every channel keeps its extreme
+at +-127, so `quantize_static` re-derives the same scale and reproduces these integers exactly
+(tests/test_int8.py::test_snapped_weights_survive_quantize_static).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+INT8_MAX = 127
+STEPS = 2000
+REGULARISATION = 0.01  # weight of the term that pushes each soft rounding to 0 or 1
+LEARNING_RATE = 1e-2
+WARMUP = 0.2  # share of the steps optimised without the regularisation term
+ZETA, GAMMA = 1.1, -0.1  # the rectified sigmoid's stretch, as in the paper
+
+
+@dataclasses.dataclass(frozen=True)
+class InputMoments:
+    """Mean and covariance of a convolution's input patches (rows of length in_channels * kh * kw)."""
+
+    mean: np.ndarray
+    covariance: np.ndarray
+
+    @classmethod
+    def from_rows(cls, rows: np.ndarray) -> InputMoments:
+        """The moments of (samples, features) patch rows."""
+        rows = np.asarray(rows, np.float64)
+        mean = rows.mean(0)
+        centred = rows - mean
+        return cls(mean=mean, covariance=centred.T @ centred / len(rows))
+
+
+def channel_scales(weights: np.ndarray) -> np.ndarray:
+    """Per output channel (rows of `weights`, shape (out, fan_in)) scale max |w| / 127, as onnxruntime's."""
+    return (np.abs(weights).max(1, keepdims=True) / np.float32(INT8_MAX)).astype(np.float32)
+
+
+def _rectified_sigmoid(v: jax.Array) -> jax.Array:
+    return jnp.clip(jax.nn.sigmoid(v) * (ZETA - GAMMA) + GAMMA, 0.0, 1.0)
+
+
+@functools.partial(jax.jit, static_argnames=("steps",))
+def _adaround(weights, scales, covariance, steps: int):
+    levels = weights / scales
+    floor = jnp.floor(levels)
+    fraction = levels - floor
+    extreme = jnp.abs(levels) >= INT8_MAX - 1e-4  # kept at +-127 so that the scale is unchanged
+
+    def rounded(up: jax.Array) -> jax.Array:
+        return jnp.where(extreme, jnp.round(levels), jnp.clip(floor + up, -INT8_MAX, INT8_MAX)) * scales
+
+    norm = jnp.trace(covariance) * jnp.mean(weights**2) + 1e-12
+
+    def loss(v, beta, regularisation):
+        difference = weights - rounded(_rectified_sigmoid(v))
+        error = jnp.sum((difference @ covariance) * difference) / norm
+        binary = jnp.sum(1 - jnp.abs(2 * _rectified_sigmoid(v) - 1) ** beta) / weights.size
+        return error + regularisation * binary
+
+    optimizer = optax.adam(LEARNING_RATE)
+
+    def step(carry, i):
+        v, state = carry
+        progress = i / steps
+        beta = 20 + (2 - 20) * jnp.clip((progress - WARMUP) / (1 - WARMUP), 0, 1)
+        grad = jax.grad(loss)(v, beta, jnp.where(progress < WARMUP, 0.0, REGULARISATION))
+        updates, state = optimizer.update(grad, state, v)
+        return (optax.apply_updates(v, updates), state), None
+
+    start = -jnp.log((ZETA - GAMMA) / (fraction - GAMMA) - 1)  # the soft rounding starts at w / scale
+    (v, _), _ = jax.lax.scan(step, (start, optimizer.init(start)), jnp.arange(steps))
+    return rounded((_rectified_sigmoid(v) >= 0.5).astype(weights.dtype))
+
+
+def adaround(
+    weights: np.ndarray, bias: np.ndarray, moments: InputMoments, steps: int = STEPS
+) -> tuple[np.ndarray, np.ndarray]:
+    """(weights on the int8 grid, corrected bias) for a convolution with `weights` (out, fan_in).
+
+    The returned weights are integers times `channel_scales(weights)`, each channel's extreme at
+    +-127; the bias adds the expected output shift that rounding causes.
+    """
+    weights = np.asarray(weights, np.float32)
+    as_f32 = functools.partial(jnp.asarray, dtype=jnp.float32)
+    snapped = np.asarray(_adaround(
+        as_f32(weights), as_f32(channel_scales(weights)), as_f32(moments.covariance), steps=steps
+    ))  # fmt: skip
+    shift = (weights - snapped) @ moments.mean
+    return snapped, (np.asarray(bias, np.float64) + shift).astype(np.float32)
