@@ -28,7 +28,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import flax_squeezenet as fsq  # noqa: E402
-from flax_squeezenet import quantize  # noqa: E402
+from flax_squeezenet import quantize, tflite  # noqa: E402
 
 VARIANTS = {  # name: (weight rounding, nodes kept in float)
     "AdaRound weights, average pool in float (--weight-rounding adaround)": ("adaround", quantize.FLOAT_NODES),
@@ -115,24 +115,44 @@ def split_arrays(config, split: str, limit: int | None = None) -> tuple[np.ndarr
     return np.concatenate(images)[:limit], np.concatenate(labels)[:limit]
 
 
-def trained_model_rows(workdir: pathlib.Path, calibration_count: int) -> list[dict]:
-    """Test top-1 of a training run's exported model as float32 and int8 ONNX (int8 calibrated on train images)."""
-    from train import trainer
+def tflite_logits(path: pathlib.Path, images: np.ndarray, chunk: int = 500) -> np.ndarray:
+    """The LiteRT file's logits on `images`, in chunks that bound the interpreter's memory."""
+    return np.concatenate([tflite.run_tflite(path, images[i : i + chunk]) for i in range(0, len(images), chunk)])
 
-    config = trainer.read_config(workdir)
-    model, variables = fsq.load_pretrained(workdir / "export")
+
+def trained_model_rows(workdir: pathlib.Path, calibration_count: int) -> list[dict]:
+    """Test top-1 of a training run's saved model: float32 and int8 ONNX, float32 and int8 LiteRT
+    (int8 calibrated on train images)."""
+    from train import workdir as workdirs
+
+    config = workdirs.read_config(workdir)
+    model, variables = fsq.load_pretrained(workdirs.Paths.of(workdir, config).model)
     calibration, _ = split_arrays(config, "train", calibration_count)
     test_images, test_labels = split_arrays(config, "test")
-    proto = fsq.to_onnx(model, variables)
-    reference = quantize.run_onnx(proto, test_images)
-    int8 = quantize.run_onnx(quantize.quantize_int8(proto, calibration), test_images)
-    agreement = quantize.agreement(reference, int8)
-    return [{
-        "workdir": str(workdir), "test images": len(test_labels), "calibration train images": len(calibration),
-        "float32 top1": float(np.mean(reference.argmax(1) == test_labels)),
-        "int8 top1": float(np.mean(int8.argmax(1) == test_labels)),
-        "agreement": agreement.top1_agreement, "max_logit_difference": agreement.max_logit_difference,
-    }]  # fmt: skip
+    folder = pathlib.Path(tempfile.mkdtemp())
+    size = test_images.shape[1]
+    logits = {
+        "ONNX float32": quantize.run_onnx(fsq.save_onnx(model, variables, folder / "f32.onnx"), test_images),
+        "ONNX int8": quantize.run_onnx(
+            fsq.save_onnx(model, variables, folder / "int8.onnx", int8=True, calibration=calibration), test_images
+        ),
+        "LiteRT float32": tflite_logits(fsq.save_tflite(model, variables, folder / "f32.tflite", image_size=size), test_images),
+        "LiteRT int8": tflite_logits(
+            fsq.save_tflite(model, variables, folder / "int8.tflite", int8=True, calibration=calibration, image_size=size),
+            test_images,
+        ),
+    }
+    reference = logits["ONNX float32"]
+    rows = []
+    for name, values in logits.items():
+        agreement = quantize.agreement(reference, values)
+        rows.append({
+            "workdir": str(workdir), "format": name, "test images": len(test_labels),
+            "calibration train images": len(calibration), "top1": float(np.mean(values.argmax(1) == test_labels)),
+            "agreement with ONNX float32": agreement.top1_agreement, "max_logit_difference": agreement.max_logit_difference,
+        })  # fmt: skip
+        print(rows[-1], flush=True)
+    return rows
 
 
 def main() -> None:

@@ -222,7 +222,7 @@ def test_save_onnx_int8_calibrates_in_the_weights_convention_and_records_it(tmp_
     caffe = InputConvention(mean=(104 / 255, 117 / 255, 123 / 255), std=(1 / 255,) * 3, resize_size=40, crop_size=32,
                             channel_order="BGR")  # fmt: skip
     seen = []
-    monkeypatch.setattr(quantize, "quantize_int8", lambda proto, images: seen.append(images) or proto)
+    monkeypatch.setattr(quantize, "quantize_int8", lambda proto, images, **_: seen.append(images) or proto)
     path = fsq.save_onnx(model, variables, tmp_path / "m.onnx", preprocessing=caffe, int8=True, calibration=folder)
     np.testing.assert_array_equal(seen[0], caffe.preprocess(quantize.image_files(folder)))
     properties = {p.key: p.value for p in onnx.load(path).metadata_props}
