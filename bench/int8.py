@@ -53,14 +53,17 @@ def images_per_second(session, images: np.ndarray, repeats: int) -> float:
     return len(images) / statistics.median(times)
 
 
-def accuracy_rows(model, variables, calibration, held_back, labels) -> tuple[list[dict], object]:
-    """The rows of the float32 model and each variant; the last variant's int8 model."""
+def accuracy_rows(model, variables, calibration, held_back, labels, roundings) -> tuple[list[dict], object]:
+    """The rows of the float32 model and each variant whose weight rounding is in `roundings`; the
+    last variant's int8 model."""
     proto = fsq.to_onnx(model, variables)
     reference = quantize.run_onnx(proto, held_back)
     labeled = labels >= 0
     rows = [{"model": "float32", "bytes": proto.ByteSize(),
              "top1": float(np.mean(reference.argmax(1)[labeled] == labels[labeled]))}]  # fmt: skip
     for name, (weight_rounding, float_nodes) in VARIANTS.items():
+        if weight_rounding not in roundings:
+            continue
         start = time.perf_counter()
         int8 = quantize.quantize_int8(proto, calibration, float_nodes, weight_rounding=weight_rounding)
         seconds = time.perf_counter() - start
@@ -161,6 +164,8 @@ def main() -> None:
     parser.add_argument("--calibration", type=int, default=250, help="photos to calibrate on")
     parser.add_argument("--repeats", type=int, default=5, help="alternating speed measurements")
     parser.add_argument("--out", help="also write the results as JSON here")
+    parser.add_argument("--rounding", nargs="+", choices=("adaround", "nearest"), default=["adaround", "nearest"],
+                        help="the weight roundings to measure (the speed rows time the last)")  # fmt: skip
     parser.add_argument("--workdir", type=pathlib.Path, help="instead: a training run's test top-1, float32 vs int8")
     args = parser.parse_args()
     if args.workdir is not None:
@@ -177,7 +182,7 @@ def main() -> None:
     held_back = fsq.preprocess(held_back_files)
     labels = labels_of(held_back_files, shared / "data/imagenet_wnids.txt")
     print(f"calibration {len(calibration)} photos; held back {len(held_back)}, {int((labels >= 0).sum())} labeled")
-    accuracy, int8_proto = accuracy_rows(model, variables, calibration, held_back, labels)
+    accuracy, int8_proto = accuracy_rows(model, variables, calibration, held_back, labels, args.rounding)
     results = {"accuracy": accuracy, "speed": speed_rows(model, variables, int8_proto, calibration, args.repeats)}
     for row in results["speed"]:
         print(json.dumps(row))
