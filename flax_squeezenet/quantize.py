@@ -1,8 +1,8 @@
 """int8 ONNX: static post-training quantization of the exported graph, checked against the Flax model.
 
-The float32 graph of `flax_squeezenet.export.to_onnx`, its convolution weights first rounded onto
-their int8 grid by AdaRound (`flax_squeezenet.onnx_rounding`), goes through `onnxruntime.
-quantization.quantize_static` in QDQ format: per-channel symmetric int8 weights, uint8 activations,
+The float32 graph of `flax_squeezenet.export.to_onnx` (optionally its convolution weights first
+rounded onto their int8 grid by AdaRound, `flax_squeezenet.onnx_rounding`) goes through
+`onnxruntime.quantization.quantize_static` in QDQ format: per-channel symmetric int8 weights, uint8 activations,
 ranges calibrated on real images (run through the weights' own input convention). The final
 GlobalAveragePool stays in float: quantizing its output quantizes the logits themselves, so logits
 beyond the largest one seen in calibration saturate (tests/test_int8.py::
