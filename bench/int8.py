@@ -158,6 +158,20 @@ def trained_model_rows(workdir: pathlib.Path, calibration_count: int) -> list[di
     return rows
 
 
+def photo_split(shared: pathlib.Path, count: int) -> tuple:
+    """squeezenet1_1 with torchvision's weights, and the shared ImageNet photos in a fixed shuffle:
+    (model, variables, the first `count` prepared to calibrate, the rest prepared, their labels)."""
+    photos = quantize.image_files(shared / "data/imagenet-photos")
+    photos = [photos[i] for i in np.random.default_rng(0).permutation(len(photos))]
+    model, variables = fsq.load_pretrained(shared / "pretrained/torchvision_squeezenet1_1.ncnn.param")
+    calibration = fsq.preprocess(photos[:count])
+    held_back_files = photos[count:]
+    held_back = fsq.preprocess(held_back_files)
+    labels = labels_of(held_back_files, shared / "data/imagenet_wnids.txt")
+    print(f"calibration {len(calibration)} photos; held back {len(held_back)}, {int((labels >= 0).sum())} labeled")
+    return model, variables, calibration, held_back, labels
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shared", default=str(ROOT.parent / "shared"), help="the shared data folder")
@@ -173,15 +187,7 @@ def main() -> None:
         print(json.dumps(results["trained"][0]))
         write_json(results, args.out)
         return
-    shared = pathlib.Path(args.shared)
-    photos = quantize.image_files(shared / "data/imagenet-photos")
-    photos = [photos[i] for i in np.random.default_rng(0).permutation(len(photos))]
-    model, variables = fsq.load_pretrained(shared / "pretrained/torchvision_squeezenet1_1.ncnn.param")
-    calibration = fsq.preprocess(photos[: args.calibration])
-    held_back_files = photos[args.calibration :]
-    held_back = fsq.preprocess(held_back_files)
-    labels = labels_of(held_back_files, shared / "data/imagenet_wnids.txt")
-    print(f"calibration {len(calibration)} photos; held back {len(held_back)}, {int((labels >= 0).sum())} labeled")
+    model, variables, calibration, held_back, labels = photo_split(pathlib.Path(args.shared), args.calibration)
     accuracy, int8_proto = accuracy_rows(model, variables, calibration, held_back, labels, args.rounding)
     results = {"accuracy": accuracy, "speed": speed_rows(model, variables, int8_proto, calibration, args.repeats)}
     for row in results["speed"]:

@@ -31,7 +31,7 @@ import flax_squeezenet as fsq  # noqa: E402
 from flax_squeezenet import quantize, tflite  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
-from int8 import labels_of, write_json  # noqa: E402
+from int8 import photo_split, write_json  # noqa: E402
 
 
 def write_files(model, variables, calibration: np.ndarray, folder: pathlib.Path) -> dict[str, pathlib.Path]:
@@ -107,15 +107,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="LiteRT interpreter threads")
     parser.add_argument("--out", help="also write the results as JSON here")
     args = parser.parse_args()
-    shared = pathlib.Path(args.shared)
-    photos = quantize.image_files(shared / "data/imagenet-photos")
-    photos = [photos[i] for i in np.random.default_rng(0).permutation(len(photos))]
-    model, variables = fsq.load_pretrained(shared / "pretrained/torchvision_squeezenet1_1.ncnn.param")
-    calibration = fsq.preprocess(photos[: args.calibration])
-    held_back_files = photos[args.calibration :]
-    held_back = fsq.preprocess(held_back_files)
-    labels = labels_of(held_back_files, shared / "data/imagenet_wnids.txt")
-    print(f"calibration {len(calibration)} photos; held back {len(held_back)}, {int((labels >= 0).sum())} labeled")
+    model, variables, calibration, held_back, labels = photo_split(pathlib.Path(args.shared), args.calibration)
     with tempfile.TemporaryDirectory() as scratch:
         paths = write_files(model, variables, calibration, pathlib.Path(scratch))
         reference = quantize.flax_logits(model, variables, held_back)
