@@ -45,8 +45,8 @@ def _training_program():
         from train import evaluate, run, trainer
     except ImportError as error:
         raise ImportError(
-            "retraining needs the training program: run from a flax-squeezenet checkout (train/ on the "
-            f"Python path) with its [train] extra installed ({error})"
+            "retraining needs the training program: run python -m flax_squeezenet.cli.compress from the "
+            f"root of a flax-squeezenet checkout (train/ on the Python path), [train] extra installed ({error})"
         ) from None
     return ml_collections, run, trainer, evaluate
 
