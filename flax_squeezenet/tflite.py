@@ -14,12 +14,14 @@ rounding adds to each output channel on calibration images (Nagel et al. 2019, "
 Quantization", empirical bias correction; tests/test_tflite.py::
 test_int8_agrees_with_float_on_held_back_photos); each Fire module's concatenation and both
 its expand convolutions share one quantization, as TFLite's int8 CONCATENATION requires. Needs
-`ai-edge-litert` (the `litert` extra); the rest of the library does not.
+`ai-edge-litert` (the `litert` extra); the rest of the library does not. A file carries the
+weights' preprocessing as the metadata entry "preprocessing" (`read_preprocessing`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import pathlib
 from collections.abc import Mapping, Sequence
@@ -38,6 +40,7 @@ from flax_squeezenet.preprocess import CROP_SIZE
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
+METADATA_PREPROCESSING = "preprocessing"  # the metadata entry holding the input convention (JSON)
 INT8_MIN, INT8_MAX = -128, 127
 # An inner activation's int8 range ends at the largest per-image 99.99th percentile, not at the
 # largest value: the few larger values saturate and the rest get a finer scale. The input and the
@@ -357,9 +360,14 @@ class _Writer:
             raise ValueError(f"expected a calibrated range for tensor {name}; it is missing")
         return _activation_quantization(self.schema, *self.statistics.ranges[name])
 
-    def model(self, inputs: _Tensor, outputs: _Tensor, description: str) -> Any:
-        """The `ModelT` of everything written, with a "serving_default" signature."""
+    def model(self, inputs: _Tensor, outputs: _Tensor, description: str, metadata: Mapping[str, bytes]) -> Any:
+        """The `ModelT` of everything written, with a "serving_default" signature and `metadata`
+        (name -> bytes) as named metadata buffers."""
         schema = self.schema
+        entries = []
+        for name, content in metadata.items():
+            entries.append(schema.MetadataT(name=name, buffer=len(self.buffers)))
+            self.buffers.append(schema.BufferT(data=np.frombuffer(content, np.uint8)))
         codes = [None] * len(self.opcodes)
         for op, index in self.opcodes.items():
             code = getattr(schema.BuiltinOperator, op)
@@ -372,7 +380,7 @@ class _Writer:
             signatureKey="serving_default", subgraphIndex=0,
         )  # fmt: skip
         return schema.ModelT(version=3, operatorCodes=codes, subgraphs=[subgraph], description=description,
-                             buffers=self.buffers, signatureDefs=[signature])  # fmt: skip
+                             buffers=self.buffers, signatureDefs=[signature], metadata=entries)  # fmt: skip
 
 
 def input_size(image_size: int | Sequence[int]) -> tuple[int, int]:
@@ -387,12 +395,15 @@ def to_tflite(
     statistics: CalibrationStatistics | None = None,
     image_size: int | tuple[int, int] = CROP_SIZE,
     batch: int | None = None,
+    preprocessing: InputConvention | None = None,
 ) -> bytes:
     """The TFLite flatbuffer computing `module.apply(variables, images)` (eval mode) on NHWC input.
 
     float32 without `statistics`; with them (`calibration_statistics`), full-integer int8 with int8
     input and output. The input is (batch, height, width, channels) at `image_size`; `batch=None`
     writes batch 1 that the interpreter may resize (`resize_tensor_input`), an int fixes it.
+    `preprocessing` (the weights' input convention) is stored as the metadata entry
+    "preprocessing" (JSON, as the ONNX export's model property; `read_preprocessing` reads it).
 
     Raises:
       ValueError: `variables` lack a parameter the module needs or have it in another shape (the
@@ -412,7 +423,8 @@ def to_tflite(
     kind = "int8 (int8 input and output)" if statistics is not None else "float32"
     description = f"flax-squeezenet {kind}: NHWC images normalised as for the Flax model -> logits"
     builder = flatbuffers.Builder(1024)
-    builder.Finish(writer.model(images, logits, description).Pack(builder), file_identifier=b"TFL3")
+    metadata = {} if preprocessing is None else {METADATA_PREPROCESSING: json.dumps(preprocessing.to_dict()).encode()}
+    builder.Finish(writer.model(images, logits, description, metadata).Pack(builder), file_identifier=b"TFL3")
     return bytes(builder.Output())
 
 
@@ -425,16 +437,18 @@ def save_tflite(
     calibration: np.ndarray | None = None,
     image_size: int | tuple[int, int] = CROP_SIZE,
     batch: int | None = None,
+    preprocessing: InputConvention | None = None,
 ) -> pathlib.Path:
     """Write the LiteRT export of `module` to `path` (whole or not at all, mode per umask).
 
     With `int8`, a full-integer model calibrated on `calibration` (NHWC float32 images prepared as
-    for the model). `image_size` and `batch` as for `to_tflite`.
+    for the model). `image_size`, `batch` and `preprocessing` as for `to_tflite`.
     """
     if int8 != (calibration is not None):
         raise ValueError("int8 export needs calibration images, and calibration images need int8=True")
     statistics = None if calibration is None else calibration_statistics(module, variables, calibration)
-    content = to_tflite(module, variables, statistics=statistics, image_size=image_size, batch=batch)
+    content = to_tflite(module, variables, statistics=statistics, image_size=image_size, batch=batch,
+                        preprocessing=preprocessing)  # fmt: skip
     with files.atomic_file(path) as temporary:
         temporary.write_bytes(content)
     return files.user_path(path)
@@ -459,6 +473,20 @@ def run_tflite(path: str | os.PathLike, images_nhwc: np.ndarray, num_threads: in
         interpreter.invoke()
         outputs.append(as_float_output(interpreter.get_tensor(target["index"]), target)[: len(chunk)])
     return np.concatenate(outputs)
+
+
+def read_preprocessing(path: str | os.PathLike) -> InputConvention | None:
+    """The input convention a LiteRT file written by `save_tflite` carries; None when it has none."""
+    schema = require_litert()
+    content = pathlib.Path(path).read_bytes()
+    if not schema.Model.ModelBufferHasIdentifier(content, 0):
+        raise ValueError(f"{path} is not a TFLite flatbuffer (expected the file identifier TFL3)")
+    model = schema.ModelT.InitFromPackedBuf(content, 0)
+    for entry in model.metadata or []:
+        if entry.name.decode() == METADATA_PREPROCESSING:
+            values = json.loads(bytes(model.buffers[entry.buffer].data).decode())
+            return InputConvention.from_dict(values, source=f"{path}'s {METADATA_PREPROCESSING} metadata")
+    return None
 
 
 def as_model_input(images: np.ndarray, detail: Mapping[str, Any]) -> np.ndarray:
@@ -498,5 +526,5 @@ def save_tflite_from_folder(
     calibration = quantize.calibration_images(calibration_files, module.in_channels, preprocessing)
     held_back = quantize.calibration_images(held_back_files, module.in_channels, preprocessing)
     written = save_tflite(module, variables, path, int8=True, calibration=calibration,
-                          image_size=calibration.shape[1], batch=batch)  # fmt: skip
+                          image_size=calibration.shape[1], batch=batch, preprocessing=preprocessing)  # fmt: skip
     return quantize.agreement(quantize.flax_logits(module, variables, held_back), run_tflite(written, held_back))

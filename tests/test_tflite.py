@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 import flax_squeezenet as fsq
-from flax_squeezenet import quantize, tflite
+from flax_squeezenet import conventions, quantize, tflite
 from flax_squeezenet.cli import export as export_cli
 from tests.conftest import require_shared
 
@@ -53,8 +53,10 @@ def io_details(path):
 @pytest.mark.parametrize("weights", [WEIGHTS, PAPER_WEIGHTS])
 def test_float32_matches_flax_on_photos(tmp_path, weights):
     model, variables = fsq.load_pretrained(require_shared(weights))
+    convention = conventions.input_convention(require_shared(weights))
     images = photos(0, 6)
-    path = fsq.save_tflite(model, variables, tmp_path / "model.tflite")
+    path = fsq.save_tflite(model, variables, tmp_path / "model.tflite", preprocessing=convention)
+    assert tflite.read_preprocessing(path) == convention  # the paper's file: Caffe's BGR 0-255 minus mean
     expected = quantize.flax_logits(model, variables, images)
     got = tflite.run_tflite(path, images)  # the batch of 1 resized to 6
     assert got.shape == expected.shape == (6, 1000)
@@ -95,6 +97,7 @@ def test_float32_variants_match_flax(tmp_path, name, options, image_size):
     assert np.abs(got - expected).max() <= float_tolerance(expected)
     source, _ = io_details(path)
     assert list(source["shape_signature"]) == [3, height, width, model.in_channels]
+    assert tflite.read_preprocessing(path) is None
 
 
 def test_int8_agrees_with_float_on_held_back_photos(tmp_path):
@@ -150,7 +153,15 @@ def test_cli_int8_reports_held_back_agreement(tmp_path, capsys):
     assert "on 2 held-back images: top-1 agreement" in capsys.readouterr().out
     source, target = io_details(output)
     assert source["dtype"] == target["dtype"] == np.int8
+    assert tflite.read_preprocessing(output) == conventions.InputConvention(resize_size=32, crop_size=32)
     assert list(source["shape_signature"]) == [-1, 32, 32, 3]
+
+
+def test_read_preprocessing_refuses_other_files(tmp_path):
+    other = tmp_path / "model.onnx"
+    other.write_bytes(b"\x08\x07" + bytes(64))
+    with pytest.raises(ValueError, match="model.onnx is not a TFLite flatbuffer"):
+        tflite.read_preprocessing(other)
 
 
 def run_cli_error(capsys, *args):

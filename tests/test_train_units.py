@@ -22,17 +22,23 @@ def test_presets_build_and_resolve(name):
     validation.validate(config)
 
 
-def test_presets_set_only_what_differs_from_the_default():
-    reference = default.get_config()
-    assert configs.get_preset(configs.DEFAULT_PRESET) == reference
+# A preset builds on the default, or on the preset it names (a second training stage).
+PRESET_BASES = {"cifar10_finetune_160": "cifar10_finetune"}
+
+
+def test_presets_set_only_what_differs_from_their_base():
+    assert configs.get_preset(configs.DEFAULT_PRESET) == default.get_config()
     for name in configs.PRESETS:
+        base = PRESET_BASES.get(name)
+        reference = configs.get_preset(base) if base else default.get_config()
         source = pathlib.Path(configs.config_file(name)).read_text()
+        assert f"from train.configs import {base or 'default'}\n" in source, name
         for key, value in configs.get_preset(name).items():
             assert (f"config.{key} =" in source) == (value != reference[key]), (name, key)
 
 
 def test_unknown_preset_is_a_clear_error(tmp_path):
-    with pytest.raises(ValueError, match="fashion_mnist, cifar10, cifar10_finetune, imagenet"):
+    with pytest.raises(ValueError, match="fashion_mnist, cifar10, cifar10_finetune, cifar10_finetune_160, imagenet"):
         configs.config_file("mnist_big")
     with pytest.raises(ValueError, match="unknown preset"):
         configs.get_preset("mnist_big")

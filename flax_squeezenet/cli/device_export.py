@@ -137,7 +137,8 @@ def export_tflite(args: argparse.Namespace, module, variables, convention: Input
     images = np.random.default_rng(0).standard_normal((batch or 2, height, width, module.in_channels))
     images = images.astype(np.float32)
     with files.atomic_file(args.output) as staging:
-        tflite.save_tflite(module, variables, staging, image_size=(height, width), batch=batch)
+        tflite.save_tflite(module, variables, staging, image_size=(height, width), batch=batch,
+                           preprocessing=convention)  # fmt: skip
         result = quantize.agreement(quantize.flax_logits(module, variables, images), tflite.run_tflite(staging, images))
     return (
         f"wrote {files.user_path(args.output)} (float32, input {shape}); LiteRT vs Flax: "
