@@ -9,13 +9,13 @@ import numpy as np
 import onnx
 import onnx.numpy_helper
 import pytest
-from PIL import Image
 
 import flax_squeezenet as fsq
 from flax_squeezenet import onnx_rounding, quantize, rounding
 from flax_squeezenet.conventions import InputConvention
 from flax_squeezenet.cli import export as export_cli
 from tests.conftest import require_shared
+from tests.export_helpers import run_cli_error, write_images
 
 PHOTOS = "data/imagenet-photos"
 WEIGHTS = "pretrained/torchvision_squeezenet1_1.ncnn.param"
@@ -51,14 +51,6 @@ def random_model(in_channels, num_classes=10, size=32):
     params["classifier"] = {**params["classifier"], "kernel": params["classifier"]["kernel"] * 300.0}
     return model, {"params": params}
 
-
-def write_images(folder, count, mode="RGB", size=40):
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(1)
-    for i in range(count):
-        pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-        Image.fromarray(pixels).convert(mode).save(folder / f"{i:03d}.png")
-    return folder
 
 
 @pytest.mark.parametrize("input_shape", [None, (2, 1, 32, 32)])
@@ -108,29 +100,6 @@ def test_cli_fixed_shape_float_export(tmp_path, capsys):
     assert not any(node.op_type == "QuantizeLinear" for node in proto.graph.node)
 
 
-def run_cli_error(capsys, *args):
-    code = export_cli.main(["--random-init", "--num-classes", "4", "--image-size", "32", *args])
-    assert code == 1
-    return capsys.readouterr().err
-
-
-@pytest.mark.parametrize(
-    ("make_folder", "message"),
-    [
-        (lambda folder: folder.mkdir(), "holds no images"),
-        (lambda folder: None, "does not exist"),
-        (lambda folder: write_images(folder, 3) / "002.png", "is not an image"),
-    ],
-)
-def test_calibration_folder_errors_name_the_problem_and_write_nothing(tmp_path, capsys, make_folder, message):
-    folder = tmp_path / "images"
-    broken = make_folder(folder)
-    if broken is not None:
-        broken.write_bytes(b"not a png")
-    output = tmp_path / "out.onnx"
-    error = run_cli_error(capsys, "--int8", "--calibration", str(folder), "--output", str(output))
-    assert message in error and str(folder) in error and len(error.strip().splitlines()) == 1
-    assert not output.exists()
 
 
 def test_cli_one_channel_weights_need_their_normalisation(tmp_path, capsys):
@@ -162,19 +131,6 @@ def test_input_shape_option(capsys):
             parser.parse_args(["--output", "x", "--input-shape", text])
         assert "expected NxCxHxW" in capsys.readouterr().err
 
-
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--int8"], "--int8 and --calibration IMAGES go together"),
-        (["--input-shape", "1x1x32x32"], "expected an input shape Nx3xHxW"),
-        (["--input-shape", "1x3x8x8"], "height and width must be at least 17"),
-    ],
-)
-def test_option_errors(tmp_path, capsys, args, message):
-    output = tmp_path / "m.onnx"
-    assert message in run_cli_error(capsys, *args, "--output", str(output))
-    assert not output.exists()
 
 
 def test_snapped_weights_survive_quantize_static():

@@ -7,12 +7,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from PIL import Image
 
 import flax_squeezenet as fsq
 from flax_squeezenet import conventions, quantize, tflite
 from flax_squeezenet.cli import export as export_cli
 from tests.conftest import require_shared
+from tests.export_helpers import run_cli_error, write_images
 
 schema = pytest.importorskip("ai_edge_litert.schema_py_generated")
 from ai_edge_litert.interpreter import Interpreter  # noqa: E402
@@ -113,14 +113,6 @@ def test_int8_agrees_with_float_on_held_back_photos(tmp_path):
     assert path.stat().st_size < 1.5e6
 
 
-def write_images(folder, count, mode="RGB", size=40):
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(1)
-    for i in range(count):
-        pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-        Image.fromarray(pixels).convert(mode).save(folder / f"{i:03d}.png")
-    return folder
-
 
 def test_one_channel_int8_has_int8_input_and_output(tmp_path):
     model, variables = random_model(num_classes=10, in_channels=1)
@@ -164,58 +156,17 @@ def test_read_preprocessing_refuses_other_files(tmp_path):
         tflite.read_preprocessing(other)
 
 
-def run_cli_error(capsys, *args):
-    code = export_cli.main(["--random-init", "--num-classes", "4", "--image-size", "32", "--format", "tflite", *args])
-    assert code == 1
-    error = capsys.readouterr().err
-    assert len(error.strip().splitlines()) == 1
-    return error
-
-
-@pytest.mark.parametrize(
-    ("make_folder", "message"),
-    [
-        (lambda folder: folder.mkdir(), "holds no images"),
-        (lambda folder: None, "does not exist"),
-        (lambda folder: write_images(folder, 3) / "002.png", "is not an image"),
-    ],
-)
-def test_calibration_folder_errors_keep_the_existing_file(tmp_path, capsys, make_folder, message):
-    folder = tmp_path / "images"
-    broken = make_folder(folder)
-    if broken is not None:
-        broken.write_bytes(b"not a png")
-    output = tmp_path / "served.tflite"
-    output.write_bytes(b"the model in production")
-    error = run_cli_error(capsys, "--int8", "--calibration", str(folder), "--output", str(output))
-    assert message in error and str(folder) in error
-    assert output.read_bytes() == b"the model in production"
-    left = {p.name for p in tmp_path.iterdir()} - {"images"}
-    assert left == {"served.tflite"}  # no temporary file left behind
 
 
 def test_missing_litert_names_the_extra(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "ai_edge_litert", None)
     output = tmp_path / "m.tflite"
-    error = run_cli_error(capsys, "--output", str(output))
+    error = run_cli_error(capsys, "--output", str(output), format="tflite")
     assert "install with pip install -e '.[litert]'" in error
     assert not output.exists()
     with pytest.raises(ImportError, match=r"pip install -e '\.\[litert\]'"):
         fsq.save_tflite(*random_model(), tmp_path / "api.tflite", image_size=32)
 
-
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--int8"], "--int8 and --calibration IMAGES go together"),
-        (["--input-shape", "1x1x32x32"], "expected an input shape Nx3xHxW"),
-        (["--input-shape", "1x3x8x8"], "height and width must be at least 17"),
-    ],
-)
-def test_option_errors(tmp_path, capsys, args, message):
-    output = tmp_path / "m.tflite"
-    assert message in run_cli_error(capsys, *args, "--output", str(output))
-    assert not output.exists()
 
 
 def test_import_needs_no_litert_tensorflow_or_torch():
