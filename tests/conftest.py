@@ -1,4 +1,4 @@
-"""Shared fixtures: the read-only `../shared` data folder and optional torch."""
+"""Shared fixtures: the read-only `../shared` data folder, and a compilation cache for subprocesses."""
 
 import os
 import pathlib
@@ -22,3 +22,14 @@ def require_shared(relative: str = "") -> pathlib.Path:
 @pytest.fixture
 def shared():
     return require_shared()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def subprocess_compilation_cache(tmp_path_factory):
+    """The `python -m train` subprocesses of a test worker share JAX's persistent compilation cache:
+    a test that trains, kills and resumes the same run compiles its steps once (the cached
+    executable is the same program, so exact-resume tests still compare bit for bit)."""
+    cache = tmp_path_factory.mktemp("jax-compilation-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("JAX_COMPILATION_CACHE_DIR", str(cache))
+        yield cache
