@@ -123,6 +123,21 @@ def tflite_logits(path: pathlib.Path, images: np.ndarray, chunk: int = 500) -> n
     return np.concatenate([tflite.run_tflite(path, images[i : i + chunk]) for i in range(0, len(images), chunk)])
 
 
+def exported_logits(model, variables, calibration, images, folder: pathlib.Path, size: int) -> dict[str, np.ndarray]:
+    """Logits on `images` of the model written to `folder` as float32 and int8 ONNX and LiteRT."""
+    return {
+        "ONNX float32": quantize.run_onnx(fsq.save_onnx(model, variables, folder / "f32.onnx"), images),
+        "ONNX int8": quantize.run_onnx(
+            fsq.save_onnx(model, variables, folder / "int8.onnx", int8=True, calibration=calibration), images
+        ),
+        "LiteRT float32": tflite_logits(fsq.save_tflite(model, variables, folder / "f32.tflite", image_size=size), images),
+        "LiteRT int8": tflite_logits(
+            fsq.save_tflite(model, variables, folder / "int8.tflite", int8=True, calibration=calibration, image_size=size),
+            images,
+        ),
+    }
+
+
 def trained_model_rows(workdir: pathlib.Path, calibration_count: int) -> list[dict]:
     """Test top-1 of a training run's saved model: float32 and int8 ONNX, float32 and int8 LiteRT
     (int8 calibrated on train images)."""
@@ -132,19 +147,8 @@ def trained_model_rows(workdir: pathlib.Path, calibration_count: int) -> list[di
     model, variables = fsq.load_pretrained(workdirs.Paths.of(workdir, config).model)
     calibration, _ = split_arrays(config, "train", calibration_count)
     test_images, test_labels = split_arrays(config, "test")
-    folder = pathlib.Path(tempfile.mkdtemp())
-    size = test_images.shape[1]
-    logits = {
-        "ONNX float32": quantize.run_onnx(fsq.save_onnx(model, variables, folder / "f32.onnx"), test_images),
-        "ONNX int8": quantize.run_onnx(
-            fsq.save_onnx(model, variables, folder / "int8.onnx", int8=True, calibration=calibration), test_images
-        ),
-        "LiteRT float32": tflite_logits(fsq.save_tflite(model, variables, folder / "f32.tflite", image_size=size), test_images),
-        "LiteRT int8": tflite_logits(
-            fsq.save_tflite(model, variables, folder / "int8.tflite", int8=True, calibration=calibration, image_size=size),
-            test_images,
-        ),
-    }
+    with tempfile.TemporaryDirectory() as scratch:
+        logits = exported_logits(model, variables, calibration, test_images, pathlib.Path(scratch), test_images.shape[1])
     reference = logits["ONNX float32"]
     rows = []
     for name, values in logits.items():
