@@ -228,18 +228,34 @@ def _read_named(name: str, cache_override: str | os.PathLike | None) -> tuple[st
     return _read_checkpoint(directory)
 
 
-def _read_weights(name_or_path: str | os.PathLike, cache_override) -> tuple[str, dict[str, Any], Any]:
-    """(architecture name, saved model options, variables as numpy) from any supported source."""
-    if isinstance(name_or_path, str) and name_or_path in PRETRAINED:
-        return _read_named(name_or_path, cache_override)
-    if str(name_or_path).startswith(safetensors_io.HUB_PREFIX):
-        name_or_path = safetensors_io.hub_directory(str(name_or_path), cache_override)
+def check_source(name_or_path: str | os.PathLike) -> None:
+    """Return if `name_or_path` is a pretrained name, a Hub name or an existing file or directory;
+    FileNotFoundError saying what was expected otherwise. Reads no weights and downloads nothing."""
+    if not _is_named(name_or_path) and not str(name_or_path).startswith(safetensors_io.HUB_PREFIX):
+        _existing_path(name_or_path)
+
+
+def _is_named(name_or_path: str | os.PathLike) -> bool:
+    return isinstance(name_or_path, str) and name_or_path in PRETRAINED
+
+
+def _existing_path(name_or_path: str | os.PathLike) -> files.AnyPath:
     path = files.user_path(name_or_path)
     if not path.exists():
         raise FileNotFoundError(
             f"{name_or_path} is neither a pretrained name ({', '.join(PRETRAINED)}) nor an existing "
             "file or directory"
         )
+    return path
+
+
+def _read_weights(name_or_path: str | os.PathLike, cache_override) -> tuple[str, dict[str, Any], Any]:
+    """(architecture name, saved model options, variables as numpy) from any supported source."""
+    if _is_named(name_or_path):
+        return _read_named(name_or_path, cache_override)
+    if str(name_or_path).startswith(safetensors_io.HUB_PREFIX):
+        name_or_path = safetensors_io.hub_directory(str(name_or_path), cache_override)
+    path = _existing_path(name_or_path)
     with files.local_copy(path) as local:
         try:
             return _read_local(local)

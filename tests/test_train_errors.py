@@ -153,3 +153,14 @@ def test_fine_tuned_run_evaluates_and_resumes_without_its_init_from(finished_run
     _, variables = flax_squeezenet.load_pretrained(fine_tuned / "model")
     assert variables["params"]["classifier"]["kernel"].shape[-1] == 4
     assert run.build_run(longer, fine_tuned).config.init_from == str(weights)
+
+
+def test_missing_init_from_fails_before_the_data_is_read(tmp_path, monkeypatch):
+    def read_data(config):
+        raise AssertionError("the data was read before init_from was checked")
+
+    monkeypatch.setattr(run.input_pipeline, "open_data", read_data)
+    config = tiny_config(num_train_steps=4, init_from=str(tmp_path / "no_such_model"))
+    with pytest.raises(FileNotFoundError, match="no_such_model is neither a pretrained name"):
+        train_in_process(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()

@@ -79,6 +79,11 @@ def build_run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> 
     the key for a bad config.
     """
     validation.validate(config)
+    paths = workdir_lib.Paths.of(workdir, config)
+    if config.init_from and not workdir_lib.has_checkpoints(paths):
+        # Only a run's step 0 reads init_from: a wrong one fails before the data is read
+        # (test_missing_init_from_fails_before_the_data_is_read).
+        flax_squeezenet.pretrained.check_source(config.init_from)
     parallel.maybe_initialize_distributed(config)
     mesh = parallel.create_mesh()
     parallel.check_batch_size(config.batch_size, mesh.size, "batch_size")
@@ -92,7 +97,7 @@ def build_run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> 
     shapes = jax.eval_shape(functools.partial(create_train_state, model, optimizer, data.info.image_shape, config.seed))
     return Run(
         config=config,
-        paths=workdir_lib.Paths.of(workdir, config),
+        paths=paths,
         data=data,
         model=model,
         model_kwargs=kwargs,

@@ -100,6 +100,11 @@ def check_resumable(config: ml_collections.ConfigDict, paths: Paths) -> None:
         )
 
 
+def has_checkpoints(paths: Paths) -> bool:
+    """Whether the run in `paths` has saved anything in its checkpoint directory (so resumes, not starts)."""
+    return paths.checkpoints.is_dir() and any(paths.checkpoints.iterdir())
+
+
 def check_writable(paths: Paths) -> None:
     """One-line errors, before anything is written, for a workdir or model directory that cannot be used.
 
