@@ -117,3 +117,23 @@ def test_benchmark_times_the_training_programs_own_step(monkeypatch):
     result = benchmark._program_train_step(config, {})
     assert len(traced) == 1 and traced[0]["label_smoothing"] == result["train_label_smoothing"] > 0
     assert result["train_images_per_s"] > 0 and result["compile_train_s"] > 0
+
+
+@pytest.mark.slow
+def test_int8_bench_measures_a_training_runs_model_and_leaves_no_files(tmp_path, monkeypatch):
+    import tempfile
+
+    import int8
+    from train_helpers import tiny_config, train_in_process
+
+    workdir = tmp_path / "run"
+    train_in_process(tiny_config(num_train_steps=2, eval_every_steps=2), workdir)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    rows = int8.trained_model_rows(workdir, calibration_count=8)
+    assert [row["format"] for row in rows] == ["ONNX float32", "ONNX int8", "LiteRT float32", "LiteRT int8"]
+    assert {(row["test images"], row["calibration train images"]) for row in rows} == {(16, 8)}
+    assert rows[0]["agreement with ONNX float32"] == 1.0 and rows[2]["max_logit_difference"] < 1e-4
+    assert all(0.0 <= row["top1"] <= 1.0 for row in rows)
+    assert not any(scratch.iterdir()), "the exported files were left behind"
