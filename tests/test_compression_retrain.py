@@ -1,6 +1,6 @@
 """`squeezenet-compress --retrain-workdir`: prune -> retrain -> share -> fine-tune through the
-training program, on synthetic data; the file written holds exactly the fine-tuned shared weights,
-and a second run resumes (reuses) the finished stages."""
+training program, on synthetic data, with the density spread by sensitivity; the file written holds
+exactly the fine-tuned shared weights, and a second run resumes (reuses) the finished stages."""
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +9,7 @@ import pytest
 
 import flax_squeezenet
 from flax_squeezenet.cli import compress as cli
-from flax_squeezenet.compression import retrain
+from flax_squeezenet.compression import pruning, retrain
 from train_helpers import REPO, config_flags, tiny_config
 
 
@@ -50,16 +50,20 @@ def _params(path):
 def test_pipeline_writes_the_fine_tuned_shared_weights_and_resumes(trained_model, tmp_path, capsys):
     output, workdir = tmp_path / "model.sqz", tmp_path / "work"
     overrides = config_flags(tiny_config(num_train_steps=6, eval_every_steps=6))
-    argv = [str(trained_model), "--output", str(output), "--bits", "3", "--retrain-workdir", str(workdir),
-            "--config", str(REPO / "train/configs/default.py"), *overrides]  # fmt: skip
+    argv = [str(trained_model), "--output", str(output), "--bits", "3", "--density", "0.5", "--density-plan",
+            "sensitivity", "--retrain-workdir", str(workdir), "--config", str(REPO / "train/configs/default.py"),
+            *overrides]  # fmt: skip
     assert cli.main(argv) == 0
     printed = capsys.readouterr().out
-    assert f"share: {workdir / 'share' / 'model'}: eval top-1" in printed and "prune:" not in printed
+    assert "sensitivity plan (other convs kept whole): " in printed
+    assert f"prune: {workdir / 'prune' / 'model'}: eval top-1" in printed
+    assert f"share: {workdir / 'share' / 'model'}: eval top-1" in printed
     assert f"wrote {output}: {output.stat().st_size:,} bytes" in printed
     trained, decoded = _params(workdir / "share" / "model"), _params(output)
     jax.tree_util.tree_map_with_path(
         lambda path, a, b: np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path)), trained, decoded
     )
+    assert 0.3 < pruning.kernel_density(decoded) <= 0.5
     kernel = np.asarray(decoded["fire9"]["expand3x3"]["kernel"])
     assert np.unique(kernel[kernel != 0]).size <= 7
     first = output.read_bytes()

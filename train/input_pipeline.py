@@ -331,6 +331,17 @@ def create_eval_batches(data: Data | Any, *, process_index: int = 0, process_cou
     return iter(batches[process_index::process_count].to_iter_dataset(_read_options(data_config.prefetch)))
 
 
+def sample_train_images(data: Data | Any, count: int) -> np.ndarray:
+    """``count`` train images (a fixed choice: the first of the split shuffled with the config's seed),
+    prepared as evaluation prepares images: float32 [count, S, S, C]. ValueError if the split is smaller."""
+    data = _opened(data)
+    if not 0 < count <= len(data.dataset.train):
+        raise ValueError(f"expected 1 to {len(data.dataset.train)} train images, got {count}")
+    chosen = grain.MapDataset.source(data.dataset.train).seed(data.settings.seed).shuffle()[:count]
+    examples = chosen.map(transforms.EvalTransform(data.settings.preprocessing))
+    return np.stack([example["image"] for example in examples])
+
+
 def measure_throughput(data: Data | Any, num_batches: int = 20) -> float:
     """Images per second the train pipeline alone delivers in this process, with nothing consuming them.
 

@@ -25,7 +25,8 @@ import numpy as np
 from flax_squeezenet.compression import FORMATS, compress, encoded_size, save_compressed
 from flax_squeezenet.compression.api import variant_name
 from flax_squeezenet.compression.netfile import check_net_model
-from flax_squeezenet.compression.retrain import compress_with_retraining, training_config
+from flax_squeezenet.compression.retrain import compress_with_retraining, sensitivity_plan, training_config
+from flax_squeezenet.compression.sensitivity import sensitivity_densities
 from flax_squeezenet.download import DownloadError
 from flax_squeezenet.models import count_params
 from flax_squeezenet.preprocess import preprocess
@@ -33,6 +34,7 @@ from flax_squeezenet.pretrained import load_pretrained
 from flax_squeezenet.xla_options import compiler_options
 
 PROG = "squeezenet-compress"
+DENSITY_PLANS = ("uniform", "sensitivity")
 RANDOM_IMAGES = 4
 
 
@@ -48,8 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     parser.add_argument("--output", required=True, metavar="FILE", help="the compressed file to write")
     parser.add_argument(
-        "--density", type=float, metavar="D", help="fraction of each conv's weights to keep (default: no pruning)"
+        "--density", type=float, metavar="D", help="fraction of the conv weights to keep, spread by --density-plan (default: no pruning)"
     )
+    parser.add_argument(
+        "--density-plan", choices=DENSITY_PLANS, default="uniform",
+        help="uniform: every conv keeps D of its weights (default); sensitivity: D of all conv weights are "
+        "kept, more in the layers whose pruning changes the predictions most (measured on --images, or on "
+        "the training data when retraining)",
+    )  # fmt: skip
     parser.add_argument("--bits", type=int, default=8, metavar="B", help="bits per shared weight, 1 to 8 (default 8)")
     parser.add_argument(
         "--format", choices=FORMATS, default="squeezenet",
@@ -86,6 +94,11 @@ def _kept_fraction(params) -> float:
     return sum(int(np.count_nonzero(k)) for k in kernels) / sum(math.prod(k.shape) for k in kernels)
 
 
+def _describe_plan(plan: dict[str, float]) -> str:
+    pruned = ", ".join(f"{layer} {density:g}" for layer, density in plan.items())
+    return f"sensitivity plan (other convs kept whole): {pruned or 'nothing pruned'}"
+
+
 def run_with_retraining(args: argparse.Namespace, overrides: Sequence[str]) -> str:
     """Run the retraining pipeline the command line describes; the summary to print."""
     config = training_config(args.config, overrides)
@@ -93,11 +106,17 @@ def run_with_retraining(args: argparse.Namespace, overrides: Sequence[str]) -> s
     if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
         raise PermissionError(f"cannot write --output {args.output}: {folder} is not a writable directory")
     convention = "caffe_bgr" if args.format == "net" else None
+    density, plan = args.density, None
+    if args.density_plan == "sensitivity":
+        density, plan = 1.0, sensitivity_plan(config, args.weights, args.density, progress=True)
     compressed, stages = compress_with_retraining(args.weights, args.retrain_workdir, config, bits=args.bits,
-                                                  density=args.density, input_convention=convention)  # fmt: skip
+                                                  density=density, layer_densities=plan,
+                                                  input_convention=convention)  # fmt: skip
     path = save_compressed(compressed, args.output, format=args.format)
     float_bytes = 4 * count_params(compressed.params())
     lines = [f"{args.weights}: {float_bytes:,} bytes as float32"]
+    if plan is not None:
+        lines.append(_describe_plan(plan))
     for stage in stages:
         params = load_pretrained(stage.model)[1]["params"]
         shared_size = encoded_size(compress(stage.model, bits=args.bits, input_convention=convention), args.format)
@@ -116,6 +135,10 @@ def run(args: argparse.Namespace, overrides: Sequence[str] = ()) -> str:
         raise ValueError("--retrain-workdir and --config go together: retraining needs both")
     if overrides and args.retrain_workdir is None:
         raise ValueError(f"unexpected arguments {' '.join(overrides)}: --config.key=value needs --retrain-workdir")
+    if args.density_plan == "sensitivity" and args.density is None:
+        raise ValueError("--density-plan sensitivity spreads --density over the layers: give --density")
+    if args.density_plan == "sensitivity" and not (args.images or args.retrain_workdir):
+        raise ValueError("--density-plan sensitivity measures each layer on images: give --images, or --retrain-workdir")
     if args.format == "net" and args.bits != 8:
         raise ValueError(f"the .net format holds 8-bit shared weights, got --bits {args.bits}")
     module, variables = load_pretrained(args.weights)
@@ -125,8 +148,11 @@ def run(args: argparse.Namespace, overrides: Sequence[str] = ()) -> str:
         return run_with_retraining(args, overrides)
     images = _sample_images(args.images, module)
     convention = "caffe_bgr" if args.format == "net" else None
+    density, plan = args.density, None
+    if args.density_plan == "sensitivity":
+        density, plan = None, sensitivity_densities(module, variables["params"], images, args.density, progress=True)
     compressed = compress(
-        args.weights, bits=args.bits, density=args.density, input_convention=convention, progress=True
+        args.weights, bits=args.bits, density=density, layer_densities=plan, input_convention=convention, progress=True
     )
     path = save_compressed(compressed, args.output, format=args.format)
     params = compressed.params()
@@ -135,7 +161,7 @@ def run(args: argparse.Namespace, overrides: Sequence[str] = ()) -> str:
     size = path.stat().st_size
     kept = _kept_fraction(params)
     where = f"{len(images)} images" if args.images else f"{len(images)} random inputs"
-    return (f"wrote {path}: {size:,} bytes ({float_bytes / size:.1f}x smaller than float32's {float_bytes:,}); "
+    return (f"{_describe_plan(plan)}\n" if plan is not None else "") + (f"wrote {path}: {size:,} bytes ({float_bytes / size:.1f}x smaller than float32's {float_bytes:,}); "
             f"{kept:.1%} of conv weights kept, {args.bits}-bit shared; "
             f"largest logit change on {where}: {change:.3g}")  # fmt: skip
 

@@ -4,6 +4,7 @@ Huffman-coded relative sparse indices, the `.sqz` file `load_pretrained` reads a
 
 - api: `compress(weights, bits=..., density=...)`, `save_compressed(compressed, path)`.
 - pruning: masks, the cubic schedule, and `prune_by_magnitude`, an optax transformation for training.
+- sensitivity: per-layer densities for an overall density, chosen by pruning each layer alone.
 - sharing, kmeans: shared-weight kernels and the centroids' fine-tuning gradients.
 - trained_sharing: `with_shared_weights`, an optax wrapper training shared weights (centroid updates).
 - retrain: `compress_with_retraining`, the prune -> retrain -> share -> fine-tune pipeline through

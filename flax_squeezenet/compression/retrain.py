@@ -14,11 +14,14 @@ import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from flax_squeezenet import pretrained
+from flax_squeezenet.compression import sensitivity
 from flax_squeezenet.compression.api import compress
 from flax_squeezenet.compression.compressed import CompressedModel
 
 PRUNE_STAGE = "prune"
 SHARE_STAGE = "share"
+SENSITIVITY_IMAGES = 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,12 +78,13 @@ def training_config(preset: str, overrides: Sequence[str] = ()) -> Any:
 
 def pipeline_stages(
     config: Any, weights: str | os.PathLike, workdir: str | os.PathLike, *, density: float | None,
-    bits: int, layer_bits: Mapping[str, int] | None = None,
+    bits: int, layer_bits: Mapping[str, int] | None = None, layer_densities: Mapping[str, float] | None = None,
 ) -> list[Stage]:  # fmt: skip
     """The runs that compress `weights` on `config`'s data: a pruning run from `weights` when
-    `density` or `config.prune_density` is set (`density` overrides it), then the weight-sharing
-    run from the previous model with `share_bits=bits` and `share_layer_bits=layer_bits`. Each run
-    saves its model in its own workdir. `config` is not modified."""
+    `density` or `config.prune_density` is set (`density` overrides it; `layer_densities`, e.g. a
+    `sensitivity_plan`, sets layers that `config.prune_layer_densities` does not), then the
+    weight-sharing run from the previous model with `share_bits=bits` and `share_layer_bits=layer_bits`.
+    Each run saves its model in its own workdir. `config` is not modified."""
     ml_collections = _training_program()[0]
     root = pathlib.Path(workdir)
     stages = []
@@ -90,15 +94,28 @@ def pipeline_stages(
         prune.init_from, prune.model_dir = source, None
         if density is not None:
             prune.prune_density = density
+        prune.prune_layer_densities = {**(layer_densities or {}), **config.prune_layer_densities.to_dict()}
         stages.append(Stage(PRUNE_STAGE, prune, root / PRUNE_STAGE))
         source = str(root / PRUNE_STAGE / "model")
     share = ml_collections.ConfigDict(config.to_dict())
     share.init_from, share.model_dir = source, None
     share.share_bits, share.share_layer_bits = bits, dict(layer_bits or {})
     if "prune_density" in share:
-        share.prune_density = None  # the zeros stay zero through sharing: no new pruning
+        share.prune_density, share.prune_layer_densities = None, {}  # the zeros stay zero through sharing
     stages.append(Stage(SHARE_STAGE, share, root / SHARE_STAGE))
     return stages
+
+
+def sensitivity_plan(config: Any, weights: str | os.PathLike, density: float, num_images: int = SENSITIVITY_IMAGES,
+                     progress: bool = False) -> dict[str, float]:  # fmt: skip
+    """`sensitivity.sensitivity_densities` of `weights` at `density` overall, measured on
+    `num_images` of `config`'s train images (the data the pipeline retrains on)."""
+    from train import input_pipeline
+
+    module, variables = pretrained.load_pretrained(weights)
+    data = input_pipeline.open_data(config)
+    images = input_pipeline.sample_train_images(data, min(num_images, data.info.num_train_examples))
+    return sensitivity.sensitivity_densities(module, variables["params"], images, density, progress=progress)
 
 
 def run_stage(stage: Stage) -> StageResult:
@@ -117,14 +134,17 @@ def compress_with_retraining(
     bits: int = 8,
     layer_bits: Mapping[str, int] | None = None,
     density: float | None = None,
+    layer_densities: Mapping[str, float] | None = None,
     input_convention: str | None = None,
 ) -> tuple[CompressedModel, list[StageResult]]:
     """Deep Compression of `weights` with retraining on the data of `config` (a training config,
     `ml_collections.ConfigDict`): the runs of `pipeline_stages` in `workdir`, then the fine-tuned
     shared weights as a `CompressedModel` (exactly the last run's weights: they hold at most
-    2**bits - 1 distinct non-zero values per kernel). Also returns each stage's result.
+    2**bits - 1 distinct non-zero values per kernel). Also returns each stage's result. For a
+    sensitivity plan: `density=1.0, layer_densities=sensitivity_plan(config, weights, overall)`.
     """
-    results = [run_stage(stage) for stage in pipeline_stages(config, weights, workdir, density=density,
-                                                             bits=bits, layer_bits=layer_bits)]  # fmt: skip
+    stages = pipeline_stages(config, weights, workdir, density=density, bits=bits, layer_bits=layer_bits,
+                             layer_densities=layer_densities)  # fmt: skip
+    results = [run_stage(stage) for stage in stages]
     compressed = compress(results[-1].model, bits=bits, layer_bits=layer_bits, input_convention=input_convention)
     return compressed, results
