@@ -161,9 +161,10 @@ def run(args: argparse.Namespace, overrides: Sequence[str] = ()) -> str:
     size = path.stat().st_size
     kept = _kept_fraction(params)
     where = f"{len(images)} images" if args.images else f"{len(images)} random inputs"
-    return (f"{_describe_plan(plan)}\n" if plan is not None else "") + (f"wrote {path}: {size:,} bytes ({float_bytes / size:.1f}x smaller than float32's {float_bytes:,}); "
-            f"{kept:.1%} of conv weights kept, {args.bits}-bit shared; "
-            f"largest logit change on {where}: {change:.3g}")  # fmt: skip
+    summary = (f"wrote {path}: {size:,} bytes ({float_bytes / size:.1f}x smaller than float32's {float_bytes:,}); "
+               f"{kept:.1%} of conv weights kept, {args.bits}-bit shared; "
+               f"largest logit change on {where}: {change:.3g}")  # fmt: skip
+    return summary if plan is None else f"{_describe_plan(plan)}\n{summary}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
