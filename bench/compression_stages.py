@@ -4,7 +4,9 @@ Stages, each timed, sized and evaluated on the 750 labeled photos of ../shared/d
 (top-1 against the photo's WordNet ID; torchvision's eval transform, 224 crop):
   the paper's v1.0 file (.net), re-encoded with Huffman (8-bit, lossless), re-clustered to 6 and
   4 bits + Huffman, and at 6 bits with its codebooks fine-tuned (`finetune.distill_codebooks`) to
-  match the 8-bit model's logits on the 250 photos without an ImageNet-1k label; torchvision
+  match the 8-bit model's logits on the 250 photos without an ImageNet-1k label, and at 6 bits
+  with each weight rounded to the shared value below or above it that keeps its layer's output on
+  those photos closest (`weight_rounding="adaround"`); torchvision
   squeezenet1_1 (the ncnn copy) as float32, 8-bit shared (no pruning) and 6-bit shared + Huffman.
 Sizes are the written files; float32 is 4 bytes a parameter.
 The paper's model runs with this repository's v1.0 module as `load_pretrained` builds it for the
@@ -76,6 +78,7 @@ def stages(shared: pathlib.Path):
         ("paper v1.0, Huffman-coded (8-bit, lossless)", paper, {"bits": 8}),
         ("paper v1.0, re-clustered to 6 bits + Huffman", paper, {"bits": 6}),
         ("paper v1.0, re-clustered to 6 bits, codebooks distilled + Huffman", paper, {"bits": 6, "distill": True}),
+        ("paper v1.0, re-clustered to 6 bits, adaptive rounding + Huffman", paper, {"bits": 6, "weight_rounding": "adaround"}),
         ("paper v1.0, re-clustered to 4 bits + Huffman", paper, {"bits": 4}),
         ("torchvision squeezenet1_1 (ncnn copy)", torchvision, None),
         ("squeezenet1_1, 8-bit shared + Huffman, no pruning", torchvision, {"bits": 8}),
@@ -106,9 +109,9 @@ def main(argv: list[str] | None = None) -> int:
                 start = time.perf_counter()
                 options = dict(options)
                 distill = options.pop("distill", False)
-                compressed = compress(source, **options)
+                calibration = np.asarray(preprocess(unlabeled_photos(args.shared))) if distill or options.get("weight_rounding") else None
+                compressed = compress(source, images=calibration, progress=True, **options)
                 if distill:
-                    calibration = np.asarray(preprocess(unlabeled_photos(args.shared)))
                     compressed = distilled(source, compressed, calibration, args.distill_epochs,
                                            args.distill_learning_rate)  # fmt: skip
                 path = save_compressed(compressed, pathlib.Path(workdir) / f"stage{index}.sqz")

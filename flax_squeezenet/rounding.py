@@ -1,4 +1,5 @@
-"""Adaptive rounding of int8 convolution weights (AdaRound, Nagel et al. 2020), with bias correction.
+"""Adaptive rounding of int8 convolution weights (AdaRound, Nagel et al. 2020), with bias correction;
+`round_up_or_down` also rounds onto any other grid (`compression.adaptive`: shared-weight codebooks).
 
 Round-to-nearest per-channel int8 weights move 2-3% of top-1 classes of squeezenet1_1 by
 themselves (BENCHMARKS.md, "The trap of issue #13"). Here each convolution's weights are rounded
@@ -56,20 +57,26 @@ def _rectified_sigmoid(v: jax.Array) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("steps",))
-def _adaround(weights, scales, covariance, steps: int):
-    levels = weights / scales
-    floor = jnp.floor(levels)
-    fraction = levels - floor
-    extreme = jnp.abs(levels) >= INT8_MAX - 1e-4  # kept at +-127 so that the scale is unchanged
+def round_up_or_down(weights, lower, upper, covariance, cross=None, steps: int = STEPS):
+    """Per weight of `weights` (out, fan_in), True where AdaRound takes `upper` rather than `lower`
+    (the candidate values either side of it; equal where the weight has one choice), minimising
+    the layer's output error `(w - q) C (w - q)'` for the input covariance `covariance`.
+
+    With `cross`, the inputs the rounded layer sees differ from the source's (earlier layers
+    rounded already): `covariance` is theirs and `cross` their covariance with the source inputs'
+    difference from them; the error minimised is then that of the source layer's output."""
+    gap = upper - lower
+    pull = 0.0 if cross is None else 2 * weights @ cross.T
+    fraction = jnp.where(gap > 0, (weights - lower) / jnp.where(gap > 0, gap, 1), 0.0)
 
     def rounded(up: jax.Array) -> jax.Array:
-        return jnp.where(extreme, jnp.round(levels), jnp.clip(floor + up, -INT8_MAX, INT8_MAX)) * scales
+        return lower + up * gap
 
     norm = jnp.trace(covariance) * jnp.mean(weights**2) + 1e-12
 
     def loss(v, beta, regularisation):
         difference = weights - rounded(_rectified_sigmoid(v))
-        error = jnp.sum((difference @ covariance) * difference) / norm
+        error = jnp.sum((difference @ covariance) * difference + difference * pull) / norm
         binary = jnp.sum(1 - jnp.abs(2 * _rectified_sigmoid(v) - 1) ** beta) / weights.size
         return error + regularisation * binary
 
@@ -83,9 +90,9 @@ def _adaround(weights, scales, covariance, steps: int):
         updates, state = optimizer.update(grad, state, v)
         return (optax.apply_updates(v, updates), state), None
 
-    start = -jnp.log((ZETA - GAMMA) / (fraction - GAMMA) - 1)  # the soft rounding starts at w / scale
+    start = -jnp.log((ZETA - GAMMA) / (fraction - GAMMA) - 1)  # the soft rounding starts at the weight
     (v, _), _ = jax.lax.scan(step, (start, optimizer.init(start)), jnp.arange(steps))
-    return rounded((_rectified_sigmoid(v) >= 0.5).astype(weights.dtype))
+    return (_rectified_sigmoid(v) >= 0.5) & (gap > 0)
 
 
 def adaround(
@@ -97,9 +104,14 @@ def adaround(
     +-127; the bias adds the expected output shift that rounding causes.
     """
     weights = np.asarray(weights, np.float32)
-    as_f32 = functools.partial(jnp.asarray, dtype=jnp.float32)
-    snapped = np.asarray(_adaround(
-        as_f32(weights), as_f32(channel_scales(weights)), as_f32(moments.covariance), steps=steps
-    ))  # fmt: skip
+    scales = channel_scales(weights)
+    levels = weights / scales
+    extreme = np.abs(levels) >= INT8_MAX - 1e-4  # kept at +-127 so that the scale is unchanged
+    floor = np.floor(levels)
+    lower = np.where(extreme, np.round(levels), floor) * scales
+    upper = np.where(extreme, np.round(levels), floor + 1) * scales
+    up = np.asarray(round_up_or_down(*(jnp.asarray(a, jnp.float32) for a in (weights, lower, upper, moments.covariance)),
+                                     steps=steps))  # fmt: skip
+    snapped = np.where(up, upper, lower).astype(np.float32)
     shift = (weights - snapped) @ moments.mean
     return snapped, (np.asarray(bias, np.float64) + shift).astype(np.float32)

@@ -23,9 +23,14 @@ import jax
 import numpy as np
 
 from flax_squeezenet.compression import FORMATS, compress, encoded_size, save_compressed
-from flax_squeezenet.compression.api import variant_name
+from flax_squeezenet.compression.api import WEIGHT_ROUNDINGS, variant_name
 from flax_squeezenet.compression.netfile import check_net_model
-from flax_squeezenet.compression.retrain import compress_with_retraining, sensitivity_plan, training_config
+from flax_squeezenet.compression.retrain import (
+    PipelineInterrupted,
+    compress_with_retraining,
+    recorded_sensitivity_plan,
+    training_config,
+)
 from flax_squeezenet.compression.sensitivity import sensitivity_densities
 from flax_squeezenet.download import DownloadError
 from flax_squeezenet.models import count_params
@@ -60,13 +65,20 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     parser.add_argument("--bits", type=int, default=8, metavar="B", help="bits per shared weight, 1 to 8 (default 8)")
     parser.add_argument(
+        "--weight-rounding", choices=WEIGHT_ROUNDINGS, default="nearest",
+        help="nearest: each weight takes its nearest shared value (default); adaround: the value below or above "
+        "it that keeps each layer's output on --images closest to the uncompressed model's, biases corrected "
+        "(post-training only; slower)",
+    )  # fmt: skip
+    parser.add_argument(
         "--format", choices=FORMATS, default="squeezenet",
         help="squeezenet: a .sqz file load_pretrained reads (default); "
         "net: the paper's .net file (v1.0, 1000 classes, 8 bits)",
     )  # fmt: skip
     parser.add_argument(
         "--images", nargs="+", metavar="IMAGE",
-        help=f"images to measure the logit change on (default: {RANDOM_IMAGES} random inputs)",
+        help=f"images to measure the logit change on, to measure --density-plan sensitivity and to fit "
+        f"--weight-rounding adaround (default: {RANDOM_IMAGES} random inputs)",
     )  # fmt: skip
     parser.add_argument(
         "--retrain-workdir", metavar="DIR",
@@ -108,7 +120,7 @@ def run_with_retraining(args: argparse.Namespace, overrides: Sequence[str]) -> s
     convention = "caffe_bgr" if args.format == "net" else None
     density, plan = args.density, None
     if args.density_plan == "sensitivity":
-        density, plan = 1.0, sensitivity_plan(config, args.weights, args.density, progress=True)
+        density, plan = 1.0, recorded_sensitivity_plan(args.retrain_workdir, config, args.weights, args.density, progress=True)
     compressed, stages = compress_with_retraining(args.weights, args.retrain_workdir, config, bits=args.bits,
                                                   density=density, layer_densities=plan,
                                                   input_convention=convention)  # fmt: skip
@@ -139,6 +151,9 @@ def run(args: argparse.Namespace, overrides: Sequence[str] = ()) -> str:
         raise ValueError("--density-plan sensitivity spreads --density over the layers: give --density")
     if args.density_plan == "sensitivity" and not (args.images or args.retrain_workdir):
         raise ValueError("--density-plan sensitivity measures each layer on images: give --images, or --retrain-workdir")
+    if args.weight_rounding == "adaround" and (args.retrain_workdir or not args.images):
+        raise ValueError("--weight-rounding adaround fits each layer post-training on images: give --images, "
+                         "without --retrain-workdir")  # fmt: skip
     if args.format == "net" and args.bits != 8:
         raise ValueError(f"the .net format holds 8-bit shared weights, got --bits {args.bits}")
     module, variables = load_pretrained(args.weights)
@@ -151,9 +166,9 @@ def run(args: argparse.Namespace, overrides: Sequence[str] = ()) -> str:
     density, plan = args.density, None
     if args.density_plan == "sensitivity":
         density, plan = None, sensitivity_densities(module, variables["params"], images, args.density, progress=True)
-    compressed = compress(
-        args.weights, bits=args.bits, density=density, layer_densities=plan, input_convention=convention, progress=True
-    )
+    compressed = compress(args.weights, bits=args.bits, density=density, layer_densities=plan,
+                          input_convention=convention, weight_rounding=args.weight_rounding,
+                          images=images if args.images else None, progress=True)  # fmt: skip
     path = save_compressed(compressed, args.output, format=args.format)
     params = compressed.params()
     change = largest_logit_change(module, variables, params, images)
@@ -161,6 +176,7 @@ def run(args: argparse.Namespace, overrides: Sequence[str] = ()) -> str:
     size = path.stat().st_size
     kept = _kept_fraction(params)
     where = f"{len(images)} images" if args.images else f"{len(images)} random inputs"
+    where += " (the calibration images)" if args.weight_rounding == "adaround" else ""
     summary = (f"wrote {path}: {size:,} bytes ({float_bytes / size:.1f}x smaller than float32's {float_bytes:,}); "
                f"{kept:.1%} of conv weights kept, {args.bits}-bit shared; "
                f"largest logit change on {where}: {change:.3g}")  # fmt: skip
@@ -175,6 +191,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         print(run(args, overrides))
+    except PipelineInterrupted as interrupted:
+        print(f"{PROG}: {interrupted}", file=sys.stderr)
+        return 128 + interrupted.signum
     except (OSError, ValueError, ImportError, DownloadError) as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 1

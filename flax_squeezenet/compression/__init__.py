@@ -6,6 +6,8 @@ Huffman-coded relative sparse indices, the `.sqz` file `load_pretrained` reads a
 - pruning: masks, the cubic schedule, and `prune_by_magnitude`, an optax transformation for training.
 - sensitivity: per-layer densities for an overall density, chosen by pruning each layer alone.
 - sharing, kmeans: shared-weight kernels and the centroids' fine-tuning gradients.
+- adaptive: each weight rounded to the shared value below or above it that best keeps its layer's
+  output on calibration images (`compress(..., weight_rounding="adaround", images=...)`).
 - trained_sharing: `with_shared_weights`, an optax wrapper training shared weights (centroid updates).
 - retrain: `compress_with_retraining`, the prune -> retrain -> share -> fine-tune pipeline through
   the training program (`train/`, from the checkout).

@@ -15,12 +15,15 @@ import tqdm.auto
 
 from flax_squeezenet import pretrained
 from flax_squeezenet.compression import fileformat, netfile, pruning
+from flax_squeezenet.compression.adaptive import adaround_shared
 from flax_squeezenet.compression.compressed import CompressedModel
+from flax_squeezenet.compression.finetune import stored_input
 from flax_squeezenet.compression.sharing import check_bits, share_weights
 from flax_squeezenet.deepcompression import fold_caffe_input, load_deep_compression
 from flax_squeezenet.models import MODELS, SqueezeNet
 
 FORMATS = ("squeezenet", "net")
+WEIGHT_ROUNDINGS = ("nearest", "adaround")
 
 
 def variant_name(module: SqueezeNet) -> str:
@@ -80,6 +83,8 @@ def compress(
     density: float | None = None,
     layer_densities: Mapping[str, float] | None = None,
     input_convention: str | None = None,
+    weight_rounding: str = "nearest",
+    images: np.ndarray | None = None,
     progress: bool = False,
 ) -> CompressedModel:
     """Deep Compression without retraining of `weights` (a name or path `load_pretrained` reads).
@@ -88,8 +93,15 @@ def compress(
     (by conv path, e.g. {"classifier": 0.2}) is given, then shared: `bits` per weight, or
     `layer_bits[conv path]`. Weights that already hold few enough distinct values keep them exactly.
     `input_convention` ("torchvision" or "caffe_bgr", for the `.net` format) defaults to the source's.
+    `weight_rounding` "nearest" gives each weight its nearest shared value; "adaround" the one just
+    below or above it that keeps each layer's output on `images` (torchvision-normalised NHWC, like
+    `preprocess`'s) closest to the source's, and corrects the biases (`compression.adaptive`).
     `progress` shows a progress bar over the layers.
     """
+    if weight_rounding not in WEIGHT_ROUNDINGS:
+        raise ValueError(f"unknown weight_rounding {weight_rounding!r}; expected one of {', '.join(WEIGHT_ROUNDINGS)}")
+    if weight_rounding == "adaround" and images is None:
+        raise ValueError("weight_rounding 'adaround' fits each layer's output on calibration images: pass images")
     layer_bits = dict(layer_bits or {})
     for value in [bits, *layer_bits.values()]:
         check_bits(value)
@@ -103,6 +115,8 @@ def compress(
     for path, leaf in tqdm.auto.tqdm(flat.items(), desc="sharing weights", unit="layer", disable=not progress):
         layer = path.rsplit("/", 1)[0]
         leaves[path] = share_weights(leaf, layer_bits.get(layer, bits)) if leaf.ndim >= 2 else leaf
+    if weight_rounding == "adaround":
+        leaves = adaround_shared(module, flat, leaves, stored_input(np.asarray(images, np.float32), convention), progress)
     kwargs = {key: getattr(module, key) for key, default in (("in_channels", 3), ("classifier_padding", 0))
               if getattr(module, key) != default}  # fmt: skip
     return CompressedModel(variant_name(module), kwargs, convention, leaves)
