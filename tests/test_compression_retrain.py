@@ -2,6 +2,8 @@
 training program, on synthetic data, with the density spread by sensitivity; the file written holds
 exactly the fine-tuned shared weights, and a second run resumes (reuses) the finished stages."""
 
+import signal
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -96,3 +98,20 @@ def test_an_unwritable_output_is_refused_before_training(trained_model, tmp_path
     assert cli.main(argv) == 1
     assert "is not a writable directory" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_a_signal_during_a_stage_is_one_line_and_the_signals_exit_status(trained_model, tmp_path, capsys, monkeypatch):
+    from train import run, trainer
+    from train.signals import TrainingInterrupted
+
+    def stopped(built):
+        raise TrainingInterrupted(signal.SIGTERM, step=7)
+
+    monkeypatch.setattr(run, "build_run", lambda config, workdir: (config, workdir))
+    monkeypatch.setattr(trainer, "train_and_evaluate", stopped)
+    argv = [str(trained_model), "--output", str(tmp_path / "out.sqz"), "--density", "0.5",
+            "--retrain-workdir", str(tmp_path / "work"), "--config", "fashion_mnist"]  # fmt: skip
+    assert cli.main(argv) == 128 + signal.SIGTERM
+    error = capsys.readouterr().err
+    assert error == "squeezenet-compress: prune stage stopped by SIGTERM at step 7; checkpoint saved, run the same command to resume\n"
+    assert not (tmp_path / "out.sqz").exists()

@@ -1,6 +1,8 @@
 """Per-layer densities from a sensitivity analysis (`flax_squeezenet.compression.sensitivity`), the
 train images it is measured on in the retraining pipeline, and `squeezenet-compress --density-plan`."""
 
+import json
+
 import flax.traverse_util
 import jax
 import jax.numpy as jnp
@@ -132,3 +134,22 @@ def test_a_sensitivity_plan_without_what_it_needs_is_a_one_line_error(checkpoint
     error = capsys.readouterr().err
     assert message in error and error.count("\n") == 1
     assert not any(tmp_path.iterdir())
+
+
+def test_the_pipelines_plan_is_measured_once_per_workdir_and_weights_and_density(tmp_path, monkeypatch):
+    measured = []
+
+    def measure(config, weights, density, progress=False):
+        measured.append((weights, density))
+        return {"fire9/expand3x3": round(density / 2, 3)}
+
+    monkeypatch.setattr(retrain, "sensitivity_plan", measure)
+    first = retrain.recorded_sensitivity_plan(tmp_path / "pipeline", None, "model", 0.4)
+    assert retrain.recorded_sensitivity_plan(tmp_path / "pipeline", None, "model", 0.4) == first == {"fire9/expand3x3": 0.2}
+    assert len(measured) == 1, "a rerun measured the plan again"
+    assert retrain.recorded_sensitivity_plan(tmp_path / "pipeline", None, "model", 0.3) == {"fire9/expand3x3": 0.15}
+    assert retrain.recorded_sensitivity_plan(tmp_path / "pipeline", None, "other", 0.3) == {"fire9/expand3x3": 0.15}
+    assert measured == [("model", 0.4), ("model", 0.3), ("other", 0.3)]
+    (tmp_path / "pipeline" / retrain.PLAN_JSON).write_text("{not json")
+    assert retrain.recorded_sensitivity_plan(tmp_path / "pipeline", None, "other", 0.3) == {"fire9/expand3x3": 0.15}
+    assert len(measured) == 4 and json.loads((tmp_path / "pipeline" / retrain.PLAN_JSON).read_text())["density"] == 0.3

@@ -9,12 +9,13 @@ workdir resumes the stage it stopped in and reuses the finished ones.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from flax_squeezenet import pretrained
+from flax_squeezenet import files, pretrained
 from flax_squeezenet.compression import sensitivity
 from flax_squeezenet.compression.api import compress
 from flax_squeezenet.compression.compressed import CompressedModel
@@ -22,6 +23,15 @@ from flax_squeezenet.compression.compressed import CompressedModel
 PRUNE_STAGE = "prune"
 SHARE_STAGE = "share"
 SENSITIVITY_IMAGES = 1024
+PLAN_JSON = "sensitivity_plan.json"
+
+
+class PipelineInterrupted(Exception):
+    """SIGTERM or SIGINT stopped a stage's training; its checkpoint was saved, a rerun resumes."""
+
+    def __init__(self, stage: str, signum: int, message: str):
+        super().__init__(f"{stage} stage {message}")
+        self.signum = signum
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,10 +128,36 @@ def sensitivity_plan(config: Any, weights: str | os.PathLike, density: float, nu
     return sensitivity.sensitivity_densities(module, variables["params"], images, density, progress=progress)
 
 
+def recorded_sensitivity_plan(workdir: str | os.PathLike, config: Any, weights: str | os.PathLike, density: float,
+                              progress: bool = False) -> dict[str, float]:  # fmt: skip
+    """`sensitivity_plan(config, weights, density)`, measured once per pipeline workdir: kept in
+    WORKDIR/sensitivity_plan.json and read from there while `weights` and `density` are the same,
+    so that running the pipeline again to resume does not measure it again."""
+    path = pathlib.Path(workdir) / PLAN_JSON
+    key = {"weights": str(weights), "density": density, "num_images": SENSITIVITY_IMAGES}
+    try:
+        recorded = json.loads(path.read_text())
+        if {name: recorded.get(name) for name in key} == key:
+            return {layer: float(value) for layer, value in recorded["plan"].items()}
+    except (OSError, ValueError, KeyError, AttributeError, TypeError):
+        pass  # no plan recorded, or not one this function wrote: measure it
+    plan = sensitivity_plan(config, weights, density, progress=progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with files.atomic_file(path) as temporary:
+        temporary.write_text(json.dumps({**key, "plan": plan}, indent=2) + "\n")
+    return plan
+
+
 def run_stage(stage: Stage) -> StageResult:
-    """Train `stage` (resuming its workdir's checkpoints; a finished run is only evaluated)."""
+    """Train `stage` (resuming its workdir's checkpoints; a finished run is only evaluated).
+    PipelineInterrupted when a signal stops the training."""
     _, run, trainer, evaluate = _training_program()
-    result = trainer.train_and_evaluate(run.build_run(stage.config, stage.workdir))
+    from train.signals import TrainingInterrupted
+
+    try:
+        result = trainer.train_and_evaluate(run.build_run(stage.config, stage.workdir))
+    except TrainingInterrupted as interrupted:
+        raise PipelineInterrupted(stage.name, interrupted.signum, str(interrupted)) from None
     metrics = result["eval"] or evaluate.evaluate_checkpoint(str(stage.workdir), step="latest")
     return StageResult(stage.name, pathlib.Path(result["model"]), float(metrics["top1"]))
 
