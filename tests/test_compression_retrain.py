@@ -2,7 +2,11 @@
 training program, on synthetic data, with the density spread by sensitivity; the file written holds
 exactly the fine-tuned shared weights, and a second run resumes (reuses) the finished stages."""
 
+import os
+import pathlib
 import signal
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -115,3 +119,15 @@ def test_a_signal_during_a_stage_is_one_line_and_the_signals_exit_status(trained
     error = capsys.readouterr().err
     assert error == "squeezenet-compress: prune stage stopped by SIGTERM at step 7; checkpoint saved, run the same command to resume\n"
     assert not (tmp_path / "out.sqz").exists()
+
+
+@pytest.mark.parametrize("in_checkout", [True, False])
+def test_the_console_script_finds_the_checkouts_training_program(trained_model, tmp_path, in_checkout):
+    script = pathlib.Path(sys.executable).parent / "squeezenet-compress"
+    argv = [str(script), str(trained_model), "--output", str(tmp_path / "out.sqz"), "--retrain-workdir",
+            str(tmp_path / "work"), "--config", "fashion_mnist", "--config.no_such_key=1"]  # fmt: skip
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    done = subprocess.run(argv, cwd=REPO if in_checkout else tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr
+    expected = "unknown config key 'no_such_key'" if in_checkout else "run squeezenet-compress from the root of a"
+    assert expected in done.stderr and done.stderr.count("\n") == 1, done.stderr

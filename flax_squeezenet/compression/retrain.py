@@ -9,9 +9,11 @@ workdir resumes the stage it stopped in and reuses the finished ones.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
 import pathlib
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -52,14 +54,23 @@ class StageResult:
     top1: float
 
 
+def _checkout_on_path() -> None:
+    """Put the current directory on the Python path when it is a checkout whose `train/` is not
+    importable otherwise, as `python -m` does: the `squeezenet-compress` script's path holds only
+    its own folder (tests/test_compression_retrain.py::test_the_console_script_finds_the_checkouts_training_program)."""
+    if importlib.util.find_spec("train") is None and (pathlib.Path.cwd() / "train" / "trainer.py").is_file():
+        sys.path.insert(0, os.getcwd())
+
+
 def _training_program():
+    _checkout_on_path()
     try:
         import ml_collections
         from train import evaluate, run, trainer
     except ImportError as error:
         raise ImportError(
-            "retraining needs the training program: run python -m flax_squeezenet.cli.compress from the "
-            f"root of a flax-squeezenet checkout (train/ on the Python path), [train] extra installed ({error})"
+            "retraining needs the training program: run squeezenet-compress from the root of a "
+            f"flax-squeezenet checkout (train/ on the Python path), [train] extra installed ({error})"
         ) from None
     return ml_collections, run, trainer, evaluate
 
