@@ -59,13 +59,54 @@ def _expected_density(step: int, sizes: dict[str, int], begin: int, end: int, fr
     return kept / sum(sizes.values())
 
 
+PARALLEL_SCRIPT = r"""
+import json, pathlib, sys
+import jax, numpy as np
+sys.path.insert(0, "tests")
+from test_train_pruning import CONFIG, _kernels, _pruning_state
+from train import run
+from train_helpers import train_in_process
+
+assert jax.device_count() == 2, jax.devices()
+masks, params, result = {}, {}, {}
+for mode in ("jit", "pmap"):
+    config = CONFIG.copy_and_resolve_references()
+    config.parallel = mode
+    directory = pathlib.Path(ROOT) / mode
+    evaluated = train_in_process(config, directory)["eval"]
+    state, _ = run.restore_state(run.build_run(config, directory), "latest")
+    masks[mode], params[mode] = _kernels(_pruning_state(state.opt_state).masks), _kernels(state.params)
+    result[mode] = {k: {"kept": int(m.sum()), "size": m.size, "zero_outside": bool(np.all(params[mode][k][~m] == 0))}
+                    for k, m in masks[mode].items()}
+    result["eval_" + mode] = evaluated
+# Reductions may round differently under jit and pmap: a weight at a layer's threshold may rank otherwise.
+both = {k: masks["jit"][k] & masks["pmap"][k] for k in masks["jit"]}
+result["masks_differ"] = sum(int(np.sum(masks["jit"][k] != masks["pmap"][k])) for k in both)
+result["max_diff"] = max(float(np.max(np.abs(params["jit"][k] - params["pmap"][k])[both[k]])) for k in both)
+print("RESULT" + json.dumps(result))
+"""
+
+
 @pytest.fixture(scope="module")
-def pruned_run(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("pruned")
-    result = train_in_process(CONFIG, directory)
-    built = run.build_run(CONFIG, directory)
-    state, _ = run.restore_state(built, "latest")
-    return directory, result, state
+def parallel_runs(tmp_path_factory):
+    """CONFIG trained on 2 devices under jit over a mesh and under pmap, in one subprocess: the
+    directory holding the two workdirs ("jit", "pmap") and what the script found in them."""
+    root = tmp_path_factory.mktemp("parallel")
+    process = run_python(f"ROOT = {str(root)!r}\n" + PARALLEL_SCRIPT, num_devices=2, timeout=900)
+    assert process.returncode == 0, process.stderr[-3000:]
+    line = [line for line in process.stdout.splitlines() if line.startswith("RESULT")][-1]
+    return root, json.loads(line[len("RESULT"):])
+
+
+@pytest.fixture(scope="module")
+def pruned_run(parallel_runs):
+    """The jit run of `parallel_runs`: its workdir, final eval metrics and final state (restored here).
+    CONFIG's own mode on a mesh of 2; a run of its own on 1 device would compile a third train step
+    (a 1-device pruned run is SIGKILLed and resumed below)."""
+    root, result = parallel_runs
+    directory = root / "jit"
+    state, _ = run.restore_state(run.build_run(CONFIG, directory), "latest")
+    return directory, {"eval": result["eval_jit"]}, state
 
 
 @pytest.mark.slow
@@ -145,39 +186,9 @@ def test_pruning_keys_cannot_change_on_resume(tmp_path):
         workdir.check_resumable(changed, paths)
 
 
-PARALLEL_SCRIPT = r"""
-import json, sys, tempfile
-import jax, numpy as np
-sys.path.insert(0, "tests")
-from test_train_pruning import CONFIG, _kernels, _pruning_state
-from train import run
-from train_helpers import train_in_process
-
-assert jax.device_count() == 2, jax.devices()
-masks, params, result = {}, {}, {}
-for mode in ("jit", "pmap"):
-    config = CONFIG.copy_and_resolve_references()
-    config.parallel = mode
-    directory = tempfile.mkdtemp()
-    train_in_process(config, directory)
-    state, _ = run.restore_state(run.build_run(config, directory), "latest")
-    masks[mode], params[mode] = _kernels(_pruning_state(state.opt_state).masks), _kernels(state.params)
-    result[mode] = {k: {"kept": int(m.sum()), "size": m.size, "zero_outside": bool(np.all(params[mode][k][~m] == 0))}
-                    for k, m in masks[mode].items()}
-# Reductions may round differently under jit and pmap: a weight at a layer's threshold may rank otherwise.
-both = {k: masks["jit"][k] & masks["pmap"][k] for k in masks["jit"]}
-result["masks_differ"] = sum(int(np.sum(masks["jit"][k] != masks["pmap"][k])) for k in both)
-result["max_diff"] = max(float(np.max(np.abs(params["jit"][k] - params["pmap"][k])[both[k]])) for k in both)
-print("RESULT" + json.dumps(result))
-"""
-
-
 @pytest.mark.slow
-def test_jit_over_a_mesh_and_pmap_prune_alike():
-    process = run_python(PARALLEL_SCRIPT, num_devices=2, timeout=900)
-    assert process.returncode == 0, process.stderr[-3000:]
-    line = [line for line in process.stdout.splitlines() if line.startswith("RESULT")][-1]
-    result = json.loads(line[len("RESULT"):])
+def test_jit_over_a_mesh_and_pmap_prune_alike(parallel_runs):
+    _, result = parallel_runs
     for mode in ("jit", "pmap"):
         assert set(result[mode]) == set(pruning.CONV_LAYERS)
         for layer, found in result[mode].items():
