@@ -134,3 +134,20 @@ def test_eval_step_ignores_masked_examples(tiny_setup):
     assert float(full["count"]) == 8 and float(half["count"]) == 4
     assert float(half["loss"]) == pytest.approx(float(first["loss"]), rel=1e-5)
     assert float(half["top1"]) == float(first["top1"])
+
+
+def test_pmap_step_compiles_once(tiny_setup):
+    """The state enters the pmap step placed as the step returns it: one trace and compile, not two."""
+    config, built, mesh = tiny_setup
+    traces = []
+
+    def counted_step(state, batch, axis_name):
+        traces.append(axis_name)
+        return steps.train_step(state, batch, learning_rate_fn=built.learning_rate_fn, axis_name=axis_name)
+
+    runner = parallel.compile_train_step(counted_step, mesh, "pmap")
+    state = runner.to_run_layout(run.initial_state(built))
+    batch = next(input_pipeline.create_train_iterator(built.data))
+    for _ in range(3):
+        state, metrics = runner.step(state, batch)
+    assert traces == [parallel.PMAP_AXIS] and int(runner.to_canonical(state).step) == 3

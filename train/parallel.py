@@ -13,7 +13,6 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-import flax.jax_utils
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -109,8 +108,13 @@ def split_for_pmap(local_batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def to_pmap_layout(state: Any) -> Any:
-    """A copy of the state on each local device (the layout `pmap_train_step` takes)."""
-    return flax.jax_utils.replicate(jax.tree.map(np.asarray, state))
+    """A copy of the state on each local device (the layout `pmap_train_step` takes), placed as
+    pmap places its outputs, so that the step's second call reuses the first call's compile
+    (tests/test_train_units.py::test_pmap_step_compiles_once)."""
+    devices = jax.local_devices()
+    sharding = NamedSharding(Mesh(np.asarray(devices), (PMAP_AXIS,)), PartitionSpec(PMAP_AXIS))
+    return jax.tree.map(lambda x: jax.device_put(np.broadcast_to(np.asarray(x), (len(devices), *np.shape(x))), sharding),
+                        state)  # fmt: skip
 
 
 def from_pmap_layout(state: Any, mesh: Mesh) -> Any:
