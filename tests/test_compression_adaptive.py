@@ -9,7 +9,7 @@ import pytest
 from flax_squeezenet import save_pretrained
 from flax_squeezenet.cli import compress as cli
 from flax_squeezenet.compression import compress
-from flax_squeezenet.compression.adaptive import PairedMoments, conv_order, paired_moments, round_to_codebook
+from flax_squeezenet.compression.adaptive import PairedMoments, conv_groups, paired_moments, round_to_codebook
 from flax_squeezenet.compression.sensitivity import conv_sizes
 from flax_squeezenet.compression.sharing import share_weights
 from flax_squeezenet.models import squeezenet1_1
@@ -19,7 +19,7 @@ from flax_squeezenet.rounding import InputMoments
 @pytest.fixture(scope="module")
 def model():
     module = squeezenet1_1(num_classes=5)
-    variables = module.init(jax.random.key(0), jnp.zeros((1, 48, 48, 3)))
+    variables = jax.jit(module.init)(jax.random.key(0), jnp.zeros((1, 48, 48, 3)))
     images = np.random.default_rng(1).standard_normal((6, 48, 48, 3)).astype(np.float32)
     return module, variables["params"], images
 
@@ -43,9 +43,10 @@ def numpy_patches(images: np.ndarray, kernel: int, stride: int) -> np.ndarray:
 
 def test_moments_are_those_of_every_output_positions_patch(model):
     module, params, images = model
-    assert conv_order(module, params, images[:1])[:3] == ["conv1", "fire2/squeeze", "fire2/expand1x1"]
-    assert sorted(conv_order(module, params, images[:1])) == sorted(conv_sizes(params))
-    moments = paired_moments(module, params, params, images, "conv1")
+    groups = conv_groups(module, params, images[:1])
+    assert groups[:3] == [["conv1"], ["fire2/squeeze"], ["fire2/expand1x1", "fire2/expand3x3"]]
+    assert sorted(sum(groups, [])) == sorted(conv_sizes(params)) and len(groups) == 18
+    moments = paired_moments(module, params, params, images, ["conv1"])["conv1"]
     expected = InputMoments.from_rows(numpy_patches(images, kernel=3, stride=2))  # squeezenet1_1's conv1
     np.testing.assert_allclose(moments.rounded.mean, expected.mean, atol=1e-5)
     np.testing.assert_allclose(moments.source_mean, expected.mean, atol=1e-5)
@@ -57,8 +58,8 @@ def test_cross_moments_see_the_earlier_layers_rounding(model):
     module, params, images = model
     changed = jax.tree_util.tree_map(lambda x: x, params)
     changed["conv1"] = {**params["conv1"], "kernel": params["conv1"]["kernel"] * 1.5}
-    moments = paired_moments(module, params, changed, images, "fire2/squeeze")
-    source = paired_moments(module, params, params, images, "fire2/squeeze")
+    moments = paired_moments(module, params, changed, images, ["fire2/squeeze"])["fire2/squeeze"]
+    source = paired_moments(module, params, params, images, ["fire2/squeeze"])["fire2/squeeze"]
     # conv1 scaled by 1.5 with its bias unchanged: after ReLU the rounded inputs are not the source's.
     assert np.abs(moments.cross).max() > 1e-3 * np.abs(source.rounded.covariance).max()
     np.testing.assert_allclose(moments.source_mean, source.source_mean, rtol=1e-5, atol=1e-6)
