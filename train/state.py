@@ -50,7 +50,8 @@ def create_train_state(
     """A fresh state at step 0: `params` if given (fine-tuning), else the model's initialisation."""
     init_key, run_key = jax.random.split(jax.random.key(seed))
     if params is None:
-        params = model.init(init_key, jnp.zeros((1, *image_shape), jnp.float32))["params"]
+        # Jitted: op by op, the initialisation would compile dozens of small programs one at a time.
+        params = jax.jit(model.init)(init_key, jnp.zeros((1, *image_shape), jnp.float32))["params"]
     return TrainState.create(
         apply_fn=model.apply, params=params, tx=tx, rng=jax.random.key_data(run_key)
     )
