@@ -109,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
                 start = time.perf_counter()
                 options = dict(options)
                 distill = options.pop("distill", False)
-                calibration = np.asarray(preprocess(unlabeled_photos(args.shared))) if distill or options.get("weight_rounding") else None
+                needs_photos = distill or "weight_rounding" in options
+                calibration = np.asarray(preprocess(unlabeled_photos(args.shared))) if needs_photos else None
                 compressed = compress(source, images=calibration, progress=True, **options)
                 if distill:
                     compressed = distilled(source, compressed, calibration, args.distill_epochs,

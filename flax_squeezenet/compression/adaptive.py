@@ -150,19 +150,22 @@ def adaround_shared(
     progress: bool = False,
 ) -> dict[str, SharedKernel | np.ndarray]:
     """`leaves` (shared kernels of the flat params `source`, by path) with every kernel's indices
-    chosen by `round_to_codebook`, layer after layer in `module`'s order (a Fire module's expands together, as they share their
-    input), on `images` (in the input
-    convention `source` takes), and its bias corrected."""
+    chosen by `round_to_codebook` and its bias corrected, layer after layer in `module`'s order (a
+    Fire module's two expands together: they share their input), on `images` (in the input
+    convention `source` takes)."""
     unflatten = lambda flat: flax.traverse_util.unflatten_dict(flat, sep="/")  # noqa: E731
+    source_params = unflatten(source)
     rounded, current = dict(leaves), dict(source)
     groups = [[layer for layer in group if isinstance(leaves.get(f"{layer}/kernel"), SharedKernel)]
-              for group in conv_groups(module, unflatten(source), images[:1])]  # fmt: skip
-    with tqdm.auto.tqdm(total=sum(map(len, groups)), desc="adaptive rounding", unit="layer", disable=not progress) as bar:
+              for group in conv_groups(module, source_params, images[:1])]  # fmt: skip
+    bar = tqdm.auto.tqdm(total=sum(map(len, groups)), desc="adaptive rounding", unit="layer", disable=not progress)
+    with bar:
         for group in filter(None, groups):
-            moments = paired_moments(module, unflatten(source), unflatten(current), images, group)
+            moments = paired_moments(module, source_params, unflatten(current), images, group)
             for layer in group:
                 kernel, bias = f"{layer}/kernel", f"{layer}/bias"
-                rounded[kernel], rounded[bias] = round_to_codebook(source[kernel], leaves[kernel], source[bias], moments[layer])
+                rounded[kernel], rounded[bias] = round_to_codebook(source[kernel], leaves[kernel], source[bias],
+                                                                   moments[layer])  # fmt: skip
                 current[kernel], current[bias] = rounded[kernel].dense(), rounded[bias]
                 bar.update()
     return rounded
