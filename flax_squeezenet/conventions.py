@@ -115,7 +115,8 @@ def _saved_convention(directory: pathlib.Path, metadata_file: str) -> InputConve
 def input_convention(name_or_path: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> InputConvention:
     """The input convention of the weights `load_pretrained(name_or_path)` loads.
 
-    Directories without one stored (older saves) and every torchvision source give `IMAGENET`.
+    Directories and `.sqz` files without one stored (older saves) and every torchvision source give
+    `IMAGENET`.
     """
     from flax_squeezenet.pretrained import METADATA_FILE, PRETRAINED
 
@@ -130,5 +131,9 @@ def input_convention(name_or_path: str | os.PathLike, cache_dir: str | os.PathLi
         return _saved_convention(path, METADATA_FILE)
     if path.suffix == ".net":
         return DEEP_COMPRESSION
+    if path.suffix == ".sqz" and path.is_file():
+        from flax_squeezenet.compression.fileformat import read_preprocessing
+
+        return read_preprocessing(path)
     return IMAGENET
 

@@ -4,10 +4,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from PIL import Image
 
 from conftest import require_shared
 from flax_squeezenet import load_pretrained, save_pretrained
 from flax_squeezenet.cli import compress as cli
+from flax_squeezenet.conventions import InputConvention, input_convention
 from flax_squeezenet.models import squeezenet1_1
 
 
@@ -49,3 +51,35 @@ def test_paper_file_to_net_is_lossless(tmp_path, capsys):
     output = tmp_path / "copy.net"
     assert cli.main([str(paper), "--output", str(output), "--format", "net"]) == 0
     assert "largest logit change on 4 random inputs: 0" in capsys.readouterr().out
+
+
+def grey_photos(directory, count=3):
+    paths = [directory / f"{i}.png" for i in range(count)]
+    for i, path in enumerate(paths):
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (28, 28), np.uint8)).save(path)
+    return [str(path) for path in paths]
+
+
+def test_images_are_prepared_as_the_weights_say(tmp_path, capsys):
+    """A 1-channel model trained at 32 pixels fits and measures on its own kind of input."""
+    grey = InputConvention(mean=(0.29,), std=(0.35,), resize_size=32, crop_size=32, channel_order="L")
+    model = squeezenet1_1(num_classes=10, in_channels=1)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 1)))
+    weights = save_pretrained(tmp_path / "model", variables, model="squeezenet1_1", preprocessing=grey,
+                              in_channels=1, num_classes=10)  # fmt: skip
+    output = tmp_path / "grey.sqz"
+    argv = [str(weights), "--output", str(output), "--bits", "6", "--images", *grey_photos(tmp_path)]
+    assert cli.main([*argv, "--weight-rounding", "adaround"]) == 0
+    assert "largest logit change on 3 images (the calibration images)" in capsys.readouterr().out
+    assert input_convention(output) == grey
+
+
+def test_a_model_without_a_convention_for_its_channels_is_refused_before_compressing(tmp_path, capsys):
+    model = squeezenet1_1(num_classes=10, in_channels=1)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 1)))
+    weights = save_pretrained(tmp_path / "model", variables, model="squeezenet1_1", in_channels=1, num_classes=10)
+    output = tmp_path / "grey.sqz"
+    assert cli.main([str(weights), "--output", str(output), "--images", *grey_photos(tmp_path)]) == 1
+    error = capsys.readouterr().err
+    assert "1-channel model whose weights carry no input convention" in error and error.count("\n") == 1
+    assert not output.exists()

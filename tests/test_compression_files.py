@@ -1,7 +1,10 @@
 """Compressed files: .sqz round trips through load_pretrained, damaged files refused, the paper's .net written back."""
 
+import hashlib
+import json
 import os
 import pathlib
+import struct
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +14,9 @@ import pytest
 from conftest import require_shared
 from flax_squeezenet import load_pretrained, save_pretrained
 from flax_squeezenet.compression import compress, encoded_size, read_compressed, save_compressed
+from flax_squeezenet.compression.fileformat import encode_compressed
 from flax_squeezenet.compression.finetune import distill_codebooks
+from flax_squeezenet.conventions import DEEP_COMPRESSION, IMAGENET, InputConvention, input_convention
 from flax_squeezenet.deepcompression import load_deep_compression
 from flax_squeezenet.models import squeezenet1_0, squeezenet1_1
 
@@ -67,6 +72,33 @@ def test_the_header_describes_the_model(small, tmp_path):
     assert {leaf.bits for leaf in stored.leaves.values() if hasattr(leaf, "bits")} == {4}
 
 
+def test_the_file_carries_the_weights_preprocessing(tmp_path):
+    """A model trained on 32-pixel grey images keeps its input convention through compression, so
+    predicting with or exporting the `.sqz` prepares images as its training did."""
+    grey = InputConvention(mean=(0.29,), std=(0.35,), resize_size=32, crop_size=32, channel_order="L")
+    model = squeezenet1_1(num_classes=10, in_channels=1)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 1)))
+    directory = save_pretrained(tmp_path / "model", variables, model="squeezenet1_1", preprocessing=grey,
+                                in_channels=1, num_classes=10)  # fmt: skip
+    path = save_compressed(compress(directory, bits=4), tmp_path / "grey.sqz")
+    assert input_convention(path) == read_compressed(path).preprocessing == grey
+
+
+def test_a_file_without_stored_preprocessing_means_imagenets(small, tmp_path):
+    """Files written before the header held the preprocessing still load, as ImageNet's convention."""
+    data = encode_compressed(small[1])
+    preamble = struct.Struct("<8sHHI")
+    magic, version, zero, length = preamble.unpack_from(data)
+    header = json.loads(data[preamble.size : preamble.size + length])
+    del header["preprocessing"]
+    encoded = json.dumps(header).encode()
+    body = preamble.pack(magic, version, zero, len(encoded)) + encoded + data[preamble.size + length : -32]
+    old = tmp_path / "old.sqz"
+    old.write_bytes(body + hashlib.sha256(body).digest())
+    assert input_convention(old) == IMAGENET
+    assert_same_tree(load_pretrained(old)[1]["params"], small[1].params())
+
+
 @pytest.mark.parametrize(
     "damage, message",
     [
@@ -110,6 +142,7 @@ def test_paper_file_huffman_coded_is_smaller_with_identical_weights(tmp_path):
     paper = require_shared(PAPER_FILE)
     path = save_compressed(compress(paper), tmp_path / "paper.sqz")
     assert path.stat().st_size < PAPER_BYTES
+    assert input_convention(path) == DEEP_COMPRESSION  # the paper's 227-pixel crops travel with it
     assert_same_tree(load_pretrained(path)[1], load_pretrained(paper)[1])
     again = save_compressed(compress(path), tmp_path / "again.net")  # .sqz back to .net, still lossless
     assert_same_tree(load_pretrained(again)[1], load_pretrained(paper)[1])

@@ -32,9 +32,9 @@ from flax_squeezenet.compression.retrain import (
     training_config,
 )
 from flax_squeezenet.compression.sensitivity import sensitivity_densities
+from flax_squeezenet.conventions import input_convention
 from flax_squeezenet.download import DownloadError
 from flax_squeezenet.models import count_params
-from flax_squeezenet.preprocess import preprocess
 from flax_squeezenet.pretrained import load_pretrained
 from flax_squeezenet.xla_options import compiler_options
 
@@ -78,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--images", nargs="+", metavar="IMAGE",
         help=f"images to measure the logit change on, to measure --density-plan sensitivity and to fit "
-        f"--weight-rounding adaround (default: {RANDOM_IMAGES} random inputs)",
+        f"--weight-rounding adaround, prepared as the weights' own input convention says (default: "
+        f"{RANDOM_IMAGES} random inputs)",
     )  # fmt: skip
     parser.add_argument(
         "--retrain-workdir", metavar="DIR",
@@ -89,10 +90,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _sample_images(paths: Sequence[str] | None, module) -> np.ndarray:
+def _sample_images(paths: Sequence[str] | None, module, weights: str) -> np.ndarray:
+    """`paths` prepared by the weights' own input convention, else random inputs of its size."""
+    convention = input_convention(weights)
+    if convention.channels != module.in_channels:
+        raise ValueError(f"{weights}: a {module.in_channels}-channel model whose weights carry no input convention "
+                         f"for {module.in_channels}-channel images (save them with save_pretrained(..., "
+                         "preprocessing=InputConvention(...)))")  # fmt: skip
     if paths:
-        return np.asarray(preprocess(list(paths)))
-    return np.random.default_rng(0).standard_normal((RANDOM_IMAGES, 224, 224, module.in_channels)).astype(np.float32)
+        return convention.preprocess(list(paths))
+    shape = (RANDOM_IMAGES, convention.crop_size, convention.crop_size, module.in_channels)
+    return np.random.default_rng(0).standard_normal(shape).astype(np.float32)
 
 
 def largest_logit_change(module, variables, params, images: np.ndarray) -> float:
@@ -161,7 +169,7 @@ def run(args: argparse.Namespace, overrides: Sequence[str] = ()) -> str:
         check_net_model(variant_name(module), module.in_channels, module.num_classes)
     if args.retrain_workdir is not None:
         return run_with_retraining(args, overrides)
-    images = _sample_images(args.images, module)
+    images = _sample_images(args.images, module, args.weights)
     convention = "caffe_bgr" if args.format == "net" else None
     density, plan = args.density, None
     if args.density_plan == "sensitivity":

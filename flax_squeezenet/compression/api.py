@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import tqdm.auto
 
-from flax_squeezenet import pretrained
+from flax_squeezenet import conventions, pretrained
 from flax_squeezenet.compression import fileformat, netfile, pruning
 from flax_squeezenet.compression.adaptive import adaround_shared
 from flax_squeezenet.compression.compressed import CompressedModel
@@ -94,8 +94,9 @@ def compress(
     `layer_bits[conv path]`. Weights that already hold few enough distinct values keep them exactly.
     `input_convention` ("torchvision" or "caffe_bgr", for the `.net` format) defaults to the source's.
     `weight_rounding` "nearest" gives each weight its nearest shared value; "adaround" the one just
-    below or above it that keeps each layer's output on `images` (torchvision-normalised NHWC, like
-    `preprocess`'s) closest to the source's, and corrects the biases (`compression.adaptive`).
+    below or above it that keeps each layer's output on `images` (NHWC, prepared by the weights'
+    own `input_convention(weights).preprocess`) closest to the source's, and corrects the biases
+    (`compression.adaptive`). The result carries that input convention as its `preprocessing`.
     `progress` shows a progress bar over the layers.
     """
     if weight_rounding not in WEIGHT_ROUNDINGS:
@@ -106,6 +107,9 @@ def compress(
     for value in [bits, *layer_bits.values()]:
         check_bits(value)
     module, source_convention, flat = read_source(weights)
+    if images is not None and (np.ndim(images) != 4 or np.shape(images)[-1] != module.in_channels):
+        raise ValueError(f"expected images of shape (N, H, W, {module.in_channels}) for this model, "
+                         f"got {np.shape(images)}")  # fmt: skip
     convention = input_convention or source_convention
     flat = _prune(_convert_input(flat, source_convention, convention), density, layer_densities)
     unknown = sorted(set(layer_bits) - {path.rsplit("/", 1)[0] for path in flat if flat[path].ndim >= 2})
@@ -119,7 +123,7 @@ def compress(
         leaves = adaround_shared(module, flat, leaves, stored_input(np.asarray(images, np.float32), convention), progress)
     kwargs = {key: getattr(module, key) for key, default in (("in_channels", 3), ("classifier_padding", 0))
               if getattr(module, key) != default}  # fmt: skip
-    return CompressedModel(variant_name(module), kwargs, convention, leaves)
+    return CompressedModel(variant_name(module), kwargs, convention, leaves, conventions.input_convention(weights))
 
 
 def save_compressed(compressed: CompressedModel, path: str | os.PathLike, *, format: str | None = None) -> pathlib.Path:

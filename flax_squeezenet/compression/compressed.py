@@ -9,6 +9,7 @@ import flax.traverse_util
 import numpy as np
 
 from flax_squeezenet.compression.sharing import SharedKernel
+from flax_squeezenet.conventions import IMAGENET, InputConvention
 from flax_squeezenet.deepcompression import fold_caffe_input
 
 # How the model expects its input: torchvision's normalised RGB, or Caffe's BGR 0-255 minus mean
@@ -21,12 +22,14 @@ Leaf = SharedKernel | np.ndarray
 @dataclasses.dataclass(frozen=True)
 class CompressedModel:
     """Weights of the variant `model` (a key of `MODELS`) built with `model_kwargs`, by parameter
-    path ("fire2/squeeze/kernel", Flax layout): kernels shared (`SharedKernel`), biases float32."""
+    path ("fire2/squeeze/kernel", Flax layout): kernels shared (`SharedKernel`), biases float32;
+    `preprocessing` is how images are prepared for the decoded model (the source weights' own)."""
 
     model: str
     model_kwargs: dict[str, Any]
     input_convention: str
     leaves: dict[str, Leaf]
+    preprocessing: InputConvention = IMAGENET
 
     def __post_init__(self):
         if self.input_convention not in INPUT_CONVENTIONS:

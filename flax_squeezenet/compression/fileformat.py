@@ -1,8 +1,10 @@
 """The compressed SqueezeNet file (`.sqz`): self-describing, versioned, checksummed.
 
 Layout (little-endian): magic b"SQZDEEPC", uint16 version, uint16 zero, uint32 header length,
-the header (UTF-8 JSON: model, model_kwargs, in_channels, num_classes, input_convention, and per
-parameter its path, shape, encoding and, for shared kernels, bits, entries and bit counts), the
+the header (UTF-8 JSON: model, model_kwargs, in_channels, num_classes, input_convention, the
+weights' preprocessing (`InputConvention.to_dict`; files written before it was stored mean
+ImageNet's), and per parameter its path, shape, encoding and, for shared kernels, bits, entries and
+bit counts), the
 payload, then the sha256 of everything before it. Per parameter the payload holds either float32
 values ("float32") or ("shared") the codebook (float32, 2**bits), the Huffman code lengths of the
 codebook indices (uint8, 2**bits) and of the gaps (uint8, 16), then the two Huffman bit streams:
@@ -23,6 +25,7 @@ from flax_squeezenet import files
 from flax_squeezenet.compression import huffman, sparse
 from flax_squeezenet.compression.compressed import CompressedModel
 from flax_squeezenet.compression.sharing import SharedKernel, check_bits
+from flax_squeezenet.conventions import IMAGENET, PREPROCESSING_KEY, InputConvention
 
 SUFFIX = ".sqz"
 MAGIC = b"SQZDEEPC"
@@ -60,7 +63,8 @@ def encode_compressed(compressed: CompressedModel) -> bytes:
         blobs.append(blob)
     header = json.dumps(
         {"model": compressed.model, "model_kwargs": compressed.model_kwargs, "in_channels": compressed.in_channels,
-         "num_classes": compressed.num_classes, "input_convention": compressed.input_convention, "parameters": entries},
+         "num_classes": compressed.num_classes, "input_convention": compressed.input_convention,
+         PREPROCESSING_KEY: compressed.preprocessing.to_dict(), "parameters": entries},
         separators=(",", ":"),
     ).encode()  # fmt: skip
     body = _PREAMBLE.pack(MAGIC, VERSION, 0, len(header)) + header + b"".join(blobs)
@@ -140,7 +144,20 @@ def read_compressed(path: str | os.PathLike) -> CompressedModel:
             raise ValueError(f"{path}: parameter {entry['path']} cannot be decoded: {error}") from None
     if offset != len(payload):
         raise ValueError(f"{path}: the header describes {offset} bytes of parameters, the file holds {len(payload)}")
-    return CompressedModel(header["model"], header["model_kwargs"], header["input_convention"], leaves)
+    return CompressedModel(header["model"], header["model_kwargs"], header["input_convention"], leaves,
+                           _preprocessing(header, path))  # fmt: skip
+
+
+def _preprocessing(header: dict, path: str | os.PathLike) -> InputConvention:
+    stored = header.get(PREPROCESSING_KEY)
+    return IMAGENET if stored is None else InputConvention.from_dict(stored, str(path))
+
+
+def read_preprocessing(path: str | os.PathLike) -> InputConvention:
+    """How images are prepared for the model in the `.sqz` file at `path` (checked as `read_compressed`
+    checks it, without decoding the weights)."""
+    header, _ = _checked_body(pathlib.Path(path).read_bytes(), path)
+    return _preprocessing(header, path)
 
 
 def read_weights(path: str | os.PathLike) -> tuple[str, dict, dict]:
