@@ -28,7 +28,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import flax_squeezenet as fsq  # noqa: E402
-from flax_squeezenet import quantize, tflite  # noqa: E402
+from flax_squeezenet import int8_rounding, quantize, tflite  # noqa: E402
 
 VARIANTS = {  # name: (weight rounding, nodes kept in float)
     "AdaRound weights, average pool in float (--weight-rounding adaround)": ("adaround", quantize.FLOAT_NODES),
@@ -65,7 +65,11 @@ def accuracy_rows(model, variables, calibration, held_back, labels, roundings) -
         if weight_rounding not in roundings:
             continue
         start = time.perf_counter()
-        int8 = quantize.quantize_int8(proto, calibration, float_nodes, weight_rounding=weight_rounding)
+        if weight_rounding == "adaround":
+            rounded = fsq.to_onnx(model, int8_rounding.adaround_int8(model, variables, calibration, progress=True))
+            int8 = quantize.quantize_int8(rounded, calibration, float_nodes, ranges_from=proto)
+        else:
+            int8 = quantize.quantize_int8(proto, calibration, float_nodes)
         seconds = time.perf_counter() - start
         logits = quantize.run_onnx(int8, held_back)
         result = quantize.agreement(reference, logits)

@@ -20,6 +20,7 @@ import numpy as np
 from flax_squeezenet import files
 from flax_squeezenet.layers import Convolution, Layer
 from flax_squeezenet.models import SqueezeNet
+from flax_squeezenet.rounding import WEIGHT_ROUNDINGS
 
 OPSET = 17  # Supported by onnxruntime (mobile included), pnnx/ncnn and TensorRT alike.
 IR_VERSION = 8  # The IR version of opset 17, so that older runtimes accept the file.
@@ -139,22 +140,32 @@ def save_onnx(
     `calibration`: a folder of images or a list of image files, prepared by `preprocessing`
     (default: ImageNet's for a 3-channel model; a 1-channel model needs its own), or an NHWC
     float32 array already prepared. `input_shape` (N, C, H, W) fixes the input shape; by default
-    the batch and image size are free. `weight_rounding` "adaround" rounds the int8 weights to
-    reproduce each layer's float output on the calibration images (slower to write; its accuracy
-    against "nearest" is in BENCHMARKS.md).
+    the batch and image size are free. `weight_rounding` "adaround" rounds the int8 weights up or
+    down, layer after layer, to reproduce each layer's float output on the calibration images as
+    the int8 model computes it (`int8_rounding`; slower to write; its accuracy against "nearest" is
+    in BENCHMARKS.md).
     """
     import onnx
 
-    from flax_squeezenet import quantize
+    from flax_squeezenet import int8_rounding, quantize
 
     if int8 != (calibration is not None):
         raise ValueError("int8=True and calibration go together (a folder, image files or prepared images)")
-    model = to_onnx(module, variables)
-    if input_shape is not None:
-        model = quantize.with_fixed_input_shape(model, input_shape)
+    if weight_rounding not in WEIGHT_ROUNDINGS:
+        raise ValueError(f"expected weight_rounding one of {', '.join(WEIGHT_ROUNDINGS)}, got {weight_rounding!r}")
+
+    def export(weights: Mapping[str, Any]) -> Any:
+        proto = to_onnx(module, weights)
+        return proto if input_shape is None else quantize.with_fixed_input_shape(proto, input_shape)
+
+    model = export(variables)
     if int8:
         images = quantize.calibration_images(calibration, module.in_channels, preprocessing, input_shape)
-        model = quantize.quantize_int8(model, images, weight_rounding=weight_rounding)
+        if weight_rounding == "adaround":  # fitted to the float model's activation ranges: quantized with them
+            rounded = export(int8_rounding.adaround_int8(module, variables, images))
+            model = quantize.quantize_int8(rounded, images, ranges_from=model)
+        else:
+            model = quantize.quantize_int8(model, images)
     if preprocessing is not None:
         onnx.helper.set_model_props(model, {"preprocessing": json.dumps(preprocessing.to_dict())})
     with files.atomic_file(path) as temporary:

@@ -1,7 +1,7 @@
 """int8 ONNX: static post-training quantization of the exported graph, checked against the Flax model.
 
-The float32 graph of `flax_squeezenet.export.to_onnx` (optionally its convolution weights first
-rounded onto their int8 grid by AdaRound, `flax_squeezenet.onnx_rounding`) goes through
+The float32 graph of `flax_squeezenet.export.to_onnx` (whose convolution weights may already lie
+on their int8 grid: `flax_squeezenet.int8_rounding`) goes through
 `onnxruntime.quantization.quantize_static` in QDQ format: per-channel symmetric int8 weights, uint8 activations,
 ranges calibrated on real images (run through the weights' own input convention). The final
 GlobalAveragePool stays in float: quantizing its output quantizes the logits themselves, so logits
@@ -18,12 +18,11 @@ import os
 import pathlib
 import tempfile
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import jax
 import numpy as np
 
-from flax_squeezenet import onnx_rounding
 from flax_squeezenet.conventions import IMAGENET, InputConvention
 from flax_squeezenet.models import SqueezeNet
 from flax_squeezenet.preprocess import IMAGENET_MEAN, IMAGENET_STD, preprocess_one, to_pil
@@ -33,7 +32,6 @@ FLOAT_NODES = ("pooled",)  # the node names export.to_onnx gives; see the module
 CALIBRATION_BATCH = 16
 HELD_BACK = 0.25  # of a calibration folder, set aside to check the int8 model against the Flax model
 MAX_IMAGES = 300  # per part (calibration, held back): bounds memory and calibration time
-WeightRounding = Literal["adaround", "nearest"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,40 +149,44 @@ def _calibration_reader(images_nchw: np.ndarray, batch: int):
     return Reader()
 
 
-def _quantize_static(proto: Any, images_nchw: np.ndarray, batch: int, float_nodes: Sequence[str]) -> Any:
-    """`quantize_static` of `proto` (QDQ, per-channel int8 weights, uint8 activations, MinMax)."""
+def _quantize_static(proto: Any, images_nchw: np.ndarray, batch: int, float_nodes: Sequence[str],
+                     ranges_from: Any = None) -> Any:  # fmt: skip
+    """`quantize_static` of `proto` (QDQ, per-channel int8 weights, uint8 activations, MinMax), with
+    the activation ranges of `ranges_from` (default `proto`) on the same images."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     with tempfile.TemporaryDirectory(prefix="flax_squeezenet_int8_") as scratch:
-        source, output = pathlib.Path(scratch) / "float32.onnx", pathlib.Path(scratch) / "int8.onnx"
-        onnx.save(proto, source)  # quantize_static moves a ModelProto's weights out to a temporary file
-        quantize_static(
-            source, output, _calibration_reader(images_nchw, batch),
-            quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=list(float_nodes),
-        )  # fmt: skip
-        return onnx.load(output)
+        ranges = pathlib.Path(scratch) / "ranges.json"  # written by the first call, read by the last
+
+        def quantize(model: Any) -> Any:
+            source, output = pathlib.Path(scratch) / "float32.onnx", pathlib.Path(scratch) / "int8.onnx"
+            onnx.save(model, source)  # quantize_static moves a ModelProto's weights out to a temporary file
+            quantize_static(
+                source, output, _calibration_reader(images_nchw, batch),
+                quant_format=QuantFormat.QDQ, per_channel=True,
+                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=list(float_nodes),
+                calibration_cache_path=ranges,
+            )  # fmt: skip
+            return onnx.load(output)
+
+        if ranges_from is not None:
+            quantize(ranges_from)
+        return quantize(proto)
 
 
-def quantize_int8(
-    proto: Any,
-    calibration_nhwc: np.ndarray,
-    float_nodes: Sequence[str] = FLOAT_NODES,
-    *,
-    weight_rounding: WeightRounding = "nearest",
-) -> Any:
+def quantize_int8(proto: Any, calibration_nhwc: np.ndarray, float_nodes: Sequence[str] = FLOAT_NODES, *,
+                  ranges_from: Any = None) -> Any:  # fmt: skip
     """The int8 QDQ `onnx.ModelProto` of the float32 export `proto`, calibrated on `calibration_nhwc`.
 
-    The nodes named in `float_nodes` stay in float. `weight_rounding` "adaround" rounds each
-    convolution's weights to reproduce its float output on the calibration images as the int8
-    model computes it (`flax_squeezenet.rounding`); "nearest" is `quantize_static`'s own rounding.
-    With a fixed input batch, calibration runs in batches of exactly that size.
+    The nodes named in `float_nodes` stay in float. Weights are rounded to the nearest integer of
+    their channel's grid: weights already on it (`int8_rounding.adaround_int8`) keep their integers.
+    `ranges_from` (a float32 export of the same graph: the model such weights were fitted to) gives
+    the activation ranges instead of `proto`. With a fixed input batch, calibration runs in batches
+    of exactly that size.
     """
     require_onnxruntime()
-    if weight_rounding not in ("adaround", "nearest"):
-        raise ValueError(f"expected weight_rounding 'adaround' or 'nearest', got {weight_rounding!r}")
     if len(calibration_nhwc) == 0:
         raise ValueError("expected at least one calibration image")
     batch_dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
@@ -195,9 +197,7 @@ def quantize_int8(
         images = np.resize(images, (whole, *images.shape[1:]))
     else:
         batch = CALIBRATION_BATCH
-    if weight_rounding == "adaround":
-        proto = onnx_rounding.round_conv_weights(proto, onnx_rounding.conv_input_moments(proto, images, batch))
-    return _quantize_static(proto, images, batch, float_nodes)
+    return _quantize_static(proto, images, batch, float_nodes, ranges_from)
 
 
 def run_onnx(path_or_proto: Any, images_nhwc: np.ndarray) -> np.ndarray:

@@ -1,16 +1,15 @@
-"""Adaptive rounding of int8 convolution weights (AdaRound, Nagel et al. 2020), with bias correction;
-`round_up_or_down` also rounds onto any other grid (`compression.adaptive`: shared-weight codebooks).
+"""Adaptive rounding of convolution weights (AdaRound, Nagel et al. 2020), with bias correction:
+onto the int8 grid (`round_to_int8`) or any other (`compression.adaptive`: shared-weight codebooks).
 
 Round-to-nearest per-channel int8 weights move 2-3% of top-1 classes of squeezenet1_1 by
-themselves (BENCHMARKS.md, "The trap of issue #13"). Here each convolution's weights are rounded
-up or down, each weight on its own, to minimise the error of the layer's output on calibration
-inputs, and the bias absorbs the remaining mean shift. The inputs enter through their mean and
-covariance only, sampled at random output positions of the float model: after bias correction the
-output error of rounded weights `q` is `(w - q) C (w - q)'` per output channel, `C` the inputs'
-covariance. The scale of each output channel is
-the one `onnxruntime.quantization` computes (max |w| / 127) and every channel keeps its extreme
-at +-127, so `quantize_static` re-derives the same scale and reproduces these integers exactly
-(tests/test_int8.py::test_snapped_weights_survive_quantize_static).
+themselves (BENCHMARKS.md, "The trap of issue #13"). Here each weight of a convolution is rounded
+up or down to minimise the error of the layer's output on calibration inputs, and the bias absorbs
+the remaining mean shift. The inputs enter through their moments (`PairedMoments`): after bias
+correction the output error of rounded weights `q` is `(w - q) C (w - q)'` per output channel, `C`
+the inputs' covariance, plus a cross term when earlier layers are rounded already. The int8 scale
+of each output channel is the one `onnxruntime.quantization` computes (max |w| / 127) and every
+channel keeps its extreme at +-127, so `quantize_static` re-derives the same scale and reproduces
+these integers exactly (tests/test_int8.py::test_snapped_weights_survive_quantize_static).
 """
 
 from __future__ import annotations
@@ -23,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+WEIGHT_ROUNDINGS = ("nearest", "adaround")  # the choices of `save_onnx` and `compress`
 INT8_MAX = 127
 STEPS = 2000
 REGULARISATION = 0.01  # weight of the term that pushes each soft rounding to 0 or 1
@@ -45,6 +45,21 @@ class InputMoments:
         mean = rows.mean(0)
         centred = rows - mean
         return cls(mean=mean, covariance=centred.T @ centred / len(rows))
+
+
+@dataclasses.dataclass(frozen=True)
+class PairedMoments:
+    """A conv's input patches in the partly rounded model (`rounded`: their moments), with `cross`,
+    their covariance with the source model's patches minus theirs, and `source_mean`, the mean of
+    the source model's patches."""
+
+    rounded: InputMoments
+    cross: np.ndarray
+    source_mean: np.ndarray
+
+    def bias_shift(self, weights: np.ndarray, rounded: np.ndarray) -> np.ndarray:
+        """What the bias adds so that the rounded layer's mean output is the source layer's (rows (out, fan_in))."""
+        return np.asarray(weights, np.float64) @ self.source_mean - np.asarray(rounded, np.float64) @ self.rounded.mean
 
 
 def channel_scales(weights: np.ndarray) -> np.ndarray:
@@ -95,13 +110,12 @@ def round_up_or_down(weights, lower, upper, covariance, cross=None, steps: int =
     return (_rectified_sigmoid(v) >= 0.5) & (gap > 0)
 
 
-def adaround(
-    weights: np.ndarray, bias: np.ndarray, moments: InputMoments, steps: int = STEPS
-) -> tuple[np.ndarray, np.ndarray]:
+def round_to_int8(weights: np.ndarray, bias: np.ndarray, moments: PairedMoments) -> tuple[np.ndarray, np.ndarray]:
     """(weights on the int8 grid, corrected bias) for a convolution with `weights` (out, fan_in).
 
     The returned weights are integers times `channel_scales(weights)`, each channel's extreme at
-    +-127; the bias adds the expected output shift that rounding causes.
+    +-127, each rounded up or down to keep the layer's output on `moments`' inputs closest to the
+    source's; the bias takes the remaining mean shift.
     """
     weights = np.asarray(weights, np.float32)
     scales = channel_scales(weights)
@@ -110,8 +124,7 @@ def adaround(
     floor = np.floor(levels)
     lower = np.where(extreme, np.round(levels), floor) * scales
     upper = np.where(extreme, np.round(levels), floor + 1) * scales
-    up = np.asarray(round_up_or_down(*(jnp.asarray(a, jnp.float32) for a in (weights, lower, upper, moments.covariance)),
-                                     steps=steps))  # fmt: skip
+    arrays = (weights, lower, upper, moments.rounded.covariance, moments.cross)
+    up = np.asarray(round_up_or_down(*(jnp.asarray(a, jnp.float32) for a in arrays)))
     snapped = np.where(up, upper, lower).astype(np.float32)
-    shift = (weights - snapped) @ moments.mean
-    return snapped, (np.asarray(bias, np.float64) + shift).astype(np.float32)
+    return snapped, (np.asarray(bias, np.float64) + moments.bias_shift(weights, snapped)).astype(np.float32)

@@ -9,11 +9,11 @@ import pytest
 from flax_squeezenet import save_pretrained
 from flax_squeezenet.cli import compress as cli
 from flax_squeezenet.compression import compress
-from flax_squeezenet.compression.adaptive import PairedMoments, conv_groups, paired_moments, round_to_codebook
+from flax_squeezenet.compression.adaptive import conv_groups, paired_moments, round_to_codebook
 from flax_squeezenet.compression.sensitivity import conv_sizes
 from flax_squeezenet.compression.sharing import share_weights
 from flax_squeezenet.models import squeezenet1_1
-from flax_squeezenet.rounding import InputMoments
+from flax_squeezenet.rounding import InputMoments, PairedMoments
 
 
 @pytest.fixture(scope="module")

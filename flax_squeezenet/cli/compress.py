@@ -23,7 +23,7 @@ import jax
 import numpy as np
 
 from flax_squeezenet.compression import FORMATS, compress, encoded_size, save_compressed
-from flax_squeezenet.compression.api import WEIGHT_ROUNDINGS, variant_name
+from flax_squeezenet.compression.api import variant_name
 from flax_squeezenet.compression.netfile import check_net_model
 from flax_squeezenet.compression.retrain import (
     PipelineInterrupted,
@@ -36,6 +36,7 @@ from flax_squeezenet.conventions import input_convention
 from flax_squeezenet.download import DownloadError
 from flax_squeezenet.models import count_params
 from flax_squeezenet.pretrained import load_pretrained
+from flax_squeezenet.rounding import WEIGHT_ROUNDINGS
 from flax_squeezenet.xla_options import compiler_options
 
 PROG = "squeezenet-compress"

@@ -12,6 +12,7 @@ from flax_squeezenet import files, quantize, tflite
 from flax_squeezenet.conventions import IMAGENET, InputConvention
 from flax_squeezenet.export import save_onnx
 from flax_squeezenet.preprocess import CROP_SIZE, RESIZE_SIZE
+from flax_squeezenet.rounding import WEIGHT_ROUNDINGS
 
 
 def add_options(parser: argparse.ArgumentParser) -> None:
@@ -31,7 +32,7 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         "(tflite: NHWC at --image-size, batch 1 that the interpreter may resize)",
     )  # fmt: skip
     group.add_argument(
-        "--weight-rounding", choices=("nearest", "adaround"), default="nearest",
+        "--weight-rounding", choices=WEIGHT_ROUNDINGS, default="nearest",
         help="int8 ONNX weights: round to nearest (default) or AdaRound to each layer's float output (slower)",
     )  # fmt: skip
     group.add_argument("--mean", type=float, nargs="+", help="calibration normalisation (default: the weights' own)")

@@ -21,9 +21,9 @@ from flax_squeezenet.compression.finetune import stored_input
 from flax_squeezenet.compression.sharing import check_bits, share_weights
 from flax_squeezenet.deepcompression import fold_caffe_input, load_deep_compression
 from flax_squeezenet.models import MODELS, SqueezeNet
+from flax_squeezenet.rounding import WEIGHT_ROUNDINGS
 
 FORMATS = ("squeezenet", "net")
-WEIGHT_ROUNDINGS = ("nearest", "adaround")
 
 
 def variant_name(module: SqueezeNet) -> str:
