@@ -56,22 +56,31 @@ class Uint8Activations:
         return _uint8(outputs, 0.0, self.output_highs[path])
 
 
+class _Extremes:
+    """A `ConvSimulation` that changes nothing and records each conv's input extremes and largest output."""
+
+    def __init__(self):
+        self.input_ranges: dict[str, tuple[jax.Array, jax.Array]] = {}
+        self.output_highs: dict[str, jax.Array] = {}
+
+    def inputs(self, path: str, inputs: jax.Array) -> jax.Array:
+        self.input_ranges[path] = (jnp.min(inputs), jnp.max(inputs))
+        return inputs
+
+    def outputs(self, path: str, outputs: jax.Array) -> jax.Array:
+        self.output_highs[path] = jnp.max(outputs)
+        return outputs
+
+
 def calibrated_activations(module: nn.Module, params: Any, images: np.ndarray) -> Uint8Activations:
     """The `Uint8Activations` of `module` calibrated on `images`: each range the smallest and largest
     value seen, widened to take in 0 (as MinMax calibration widens them)."""
-    output_highs: dict[str, float] = {}
-
-    def record_output(next_fun, args, kwargs, context):
-        outputs = next_fun(*args, **kwargs)
-        if isinstance(context.module, nn.Conv) and context.method_name == "__call__":
-            output_highs["/".join(context.module.path)] = jnp.max(outputs)
-        return outputs
 
     @jax.jit
     def extremes(batch):
-        with nn.intercept_methods(record_output):
-            seen = {path: (jnp.min(x), jnp.max(x)) for path, (_, x) in conv_inputs(module, params, batch).items()}
-        return seen, dict(output_highs)
+        seen = _Extremes()
+        conv_inputs(module, params, batch, seen)
+        return seen.input_ranges, seen.output_highs
 
     ranges: dict[str, tuple[float, float]] = {}
     highs: dict[str, float] = {}

@@ -9,7 +9,8 @@ correction the output error of rounded weights `q` is `(w - q) C (w - q)'` per o
 the inputs' covariance, plus a cross term when earlier layers are rounded already. The int8 scale
 of each output channel is the one `onnxruntime.quantization` computes (max |w| / 127) and every
 channel keeps its extreme at +-127, so `quantize_static` re-derives the same scale and reproduces
-these integers exactly (tests/test_int8.py::test_snapped_weights_survive_quantize_static).
+these integers exactly
+(tests/test_int8.py::test_adaround_weights_survive_quantize_static_and_fit_the_int8_model_closer).
 """
 
 from __future__ import annotations
@@ -72,16 +73,16 @@ def _rectified_sigmoid(v: jax.Array) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("steps",))
-def round_up_or_down(weights, lower, upper, covariance, cross=None, steps: int = STEPS):
+def round_up_or_down(weights, lower, upper, covariance, cross, steps: int = STEPS):
     """Per weight of `weights` (out, fan_in), True where AdaRound takes `upper` rather than `lower`
     (the candidate values either side of it; equal where the weight has one choice), minimising
-    the layer's output error `(w - q) C (w - q)'` for the input covariance `covariance`.
+    the error of the source layer's output.
 
-    With `cross`, the inputs the rounded layer sees differ from the source's (earlier layers
-    rounded already): `covariance` is theirs and `cross` their covariance with the source inputs'
-    difference from them; the error minimised is then that of the source layer's output."""
+    The inputs the rounded layer sees may differ from the source's (earlier layers rounded
+    already): `covariance` is theirs and `cross` their covariance with the source inputs'
+    difference from them (zero when they are the same, leaving `(w - q) C (w - q)'`)."""
     gap = upper - lower
-    pull = 0.0 if cross is None else 2 * weights @ cross.T
+    pull = 2 * weights @ cross.T
     fraction = jnp.where(gap > 0, (weights - lower) / jnp.where(gap > 0, gap, 1), 0.0)
 
     def rounded(up: jax.Array) -> jax.Array:
