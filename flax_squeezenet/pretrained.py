@@ -108,7 +108,8 @@ def save_pretrained(
     """Save `variables` of the variant `model` built with `model_kwargs` to `directory`.
 
     `format="safetensors"` writes the Hugging Face Hub layout instead (see `safetensors_io`).
-    `preprocessing` (default: ImageNet's) and `class_names` travel with the weights.
+    `preprocessing` (default: ImageNet's, for 3-channel models only) and `class_names` travel with
+    the weights.
 
     Writes an Orbax checkpoint of the variables plus `metadata.json` ({"model": ..., "model_kwargs":
     ...}; dtypes by name; the variables' sha256, checked on load), so `load_pretrained(directory)`
@@ -122,7 +123,7 @@ def save_pretrained(
     if model not in MODELS:
         raise ValueError(f"unknown model {model!r}; expected one of {', '.join(MODELS)}")
     metadata = {"model": model, "model_kwargs": _encode_kwargs(model_kwargs),
-                "preprocessing": (preprocessing or IMAGENET).to_dict()}  # fmt: skip
+                "preprocessing": _convention_for(preprocessing, model_kwargs.get("in_channels", 3)).to_dict()}  # fmt: skip
     if class_names is not None:
         metadata["class_names"] = list(class_names)
     if format == "safetensors":
@@ -138,6 +139,20 @@ def save_pretrained(
             checkpointer.wait_until_finished()
         (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
     return directory
+
+
+def _convention_for(preprocessing: InputConvention | None, in_channels: int) -> InputConvention:
+    """`preprocessing`, or ImageNet's for a 3-channel model; ValueError if it does not give `in_channels`
+    channels, so no saved model carries a convention it cannot be fed (tests/test_pretrained.py)."""
+    if preprocessing is None and in_channels != 3:
+        raise ValueError(f"a {in_channels}-channel model needs its preprocessing saved with it: pass preprocessing="
+                         f"InputConvention(channel_order='L', mean=..., std=..., resize_size=..., crop_size=...); "
+                         f"the default, ImageNet's, is for 3-channel RGB images")  # fmt: skip
+    convention = preprocessing or IMAGENET
+    if convention.channels != in_channels:
+        raise ValueError(f"expected preprocessing for {in_channels}-channel images, got {convention.channels}-channel "
+                         f"{convention.channel_order} ({convention})")  # fmt: skip
+    return convention
 
 
 def variables_digest(variables: Any) -> str:

@@ -1,9 +1,15 @@
-"""Helpers of the export tests: folders of calibration images and the export CLI's one-line errors."""
+"""Helpers of the export tests: folders of calibration images, the export CLI's one-line errors, and
+1-channel models saved without their input convention."""
+
+import json
 
 import numpy as np
 from PIL import Image
 
+from flax_squeezenet import save_pretrained
 from flax_squeezenet.cli import export as export_cli
+from flax_squeezenet.conventions import IMAGENET, InputConvention
+from flax_squeezenet.pretrained import METADATA_FILE
 
 
 def write_images(folder, count, mode="RGB", size=40):
@@ -23,3 +29,14 @@ def run_cli_error(capsys, *args, format="onnx"):
     error = capsys.readouterr().err
     assert len(error.strip().splitlines()) == 1, error
     return error
+
+
+def save_grey_model_as_older_versions_did(directory, variables, **model_kwargs):
+    """A 1-channel model's directory as `save_pretrained` wrote it before it refused to: with ImageNet's
+    3-channel convention in its metadata."""
+    grey = InputConvention(mean=(0.5,), std=(0.25,), channel_order="L")
+    saved = save_pretrained(directory, variables, model="squeezenet1_1", in_channels=1, preprocessing=grey, **model_kwargs)
+    metadata = json.loads((saved / METADATA_FILE).read_text())
+    metadata["preprocessing"] = IMAGENET.to_dict()
+    (saved / METADATA_FILE).write_text(json.dumps(metadata))
+    return saved

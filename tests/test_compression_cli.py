@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from conftest import require_shared
+from export_helpers import save_grey_model_as_older_versions_did
 from flax_squeezenet import load_pretrained, save_pretrained
 from flax_squeezenet.cli import compress as cli
 from flax_squeezenet.conventions import InputConvention, input_convention
@@ -76,7 +77,7 @@ def test_images_are_prepared_as_the_weights_say(tmp_path, capsys):
 def test_a_model_without_a_convention_for_its_channels_is_refused_before_compressing(tmp_path, capsys):
     model = squeezenet1_1(num_classes=10, in_channels=1)
     variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 1)))
-    weights = save_pretrained(tmp_path / "model", variables, model="squeezenet1_1", in_channels=1, num_classes=10)
+    weights = save_grey_model_as_older_versions_did(tmp_path / "model", variables, num_classes=10)
     output = tmp_path / "grey.sqz"
     assert cli.main([str(weights), "--output", str(output), "--images", *grey_photos(tmp_path)]) == 1
     error = capsys.readouterr().err

@@ -17,7 +17,7 @@ from flax_squeezenet.compression.adaptive import kernel_rows, rows_to_kernel
 from flax_squeezenet.conventions import InputConvention
 from flax_squeezenet.cli import export as export_cli
 from tests.conftest import require_shared
-from tests.export_helpers import run_cli_error, write_images
+from tests.export_helpers import run_cli_error, save_grey_model_as_older_versions_did, write_images
 
 PHOTOS = "data/imagenet-photos"
 WEIGHTS = "pretrained/torchvision_squeezenet1_1.ncnn.param"
@@ -106,7 +106,7 @@ def test_cli_fixed_shape_float_export(tmp_path, capsys):
 
 def test_cli_one_channel_weights_need_their_normalisation(tmp_path, capsys):
     model, variables = random_model(in_channels=1, num_classes=3)
-    weights = fsq.save_pretrained(tmp_path / "export", variables, model="squeezenet1_1", num_classes=3, in_channels=1)
+    weights = save_grey_model_as_older_versions_did(tmp_path / "export", variables, num_classes=3)
     folder = write_images(tmp_path / "images", 6, mode="L")
     args = ["--weights", str(weights), "--int8", "--calibration", str(folder), "--image-size", "32"]
     assert export_cli.main([*args, "--output", str(tmp_path / "a.onnx")]) == 1

@@ -26,6 +26,7 @@ from flax_squeezenet import (
     save_pretrained,
 )
 from flax_squeezenet import deepcompression, imagenet, pretrained
+from flax_squeezenet.conventions import IMAGENET, InputConvention, input_convention
 from flax_squeezenet.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 NCNN = "pretrained/torchvision_squeezenet1_1.ncnn.param"
@@ -143,6 +144,24 @@ def test_save_refuses_to_replace_other_directories_and_unsaveable_options(tmp_pa
         save_pretrained(tmp_path / "x", variables, model="squeezenet1_1", kernel_init=lambda: 0)
     with pytest.raises(ValueError, match="unknown model"):
         save_pretrained(tmp_path / "x", variables, model="alexnet")
+
+
+def test_save_refuses_a_convention_the_model_cannot_be_fed(tmp_path):
+    grey_model = create_model("squeezenet1_1", num_classes=3, in_channels=1)
+    variables = random_variables(grey_model)
+    with pytest.raises(ValueError, match="1-channel model needs its preprocessing saved"):
+        save_pretrained(tmp_path / "grey", variables, model="squeezenet1_1", num_classes=3, in_channels=1)
+    with pytest.raises(ValueError, match="expected preprocessing for 1-channel images, got 3-channel RGB"):
+        save_pretrained(tmp_path / "grey", variables, model="squeezenet1_1", num_classes=3, in_channels=1,
+                        preprocessing=IMAGENET)  # fmt: skip
+    assert not (tmp_path / "grey").exists()
+    grey = InputConvention(mean=(0.3,), std=(0.2,), resize_size=40, crop_size=32, channel_order="L")
+    saved = save_pretrained(tmp_path / "grey", variables, model="squeezenet1_1", num_classes=3, in_channels=1,
+                            preprocessing=grey)  # fmt: skip
+    assert input_convention(saved) == grey
+    with pytest.raises(ValueError, match="expected preprocessing for 3-channel images, got 1-channel L"):
+        save_pretrained(tmp_path / "rgb", random_variables(create_model("squeezenet1_1")), model="squeezenet1_1",
+                        preprocessing=grey)  # fmt: skip
 
 
 def test_mismatching_architecture_names_the_first_mismatching_parameter(tmp_path):
