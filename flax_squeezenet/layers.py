@@ -2,16 +2,20 @@
 
 `layer_plan(stages, in_channels, num_classes, bypass, classifier_padding)` is the one place that
 names layers (`conv1`, `fire2` ... `fire9`, `pool1` ..., `classifier`), counts their channels,
-decides where bypass shortcuts go and how each layer changes the spatial size. The linen module,
-the ONNX writer, the weight converters, the Deep Compression reader and the benchmarks' torch
+decides where bypass shortcuts go and how each layer changes the spatial size; `forward` is the
+one walk of it that computes a model's output (the linen and NNX modules give it their layers).
+The ONNX writer, the weight converters, the Deep Compression reader and the benchmarks' torch
 reference all iterate it, so a new layer option is added here once.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import Literal
+
+import jax
+import jax.numpy as jnp
 
 from flax_squeezenet.ops import pooled_size
 from flax_squeezenet.stages import ConvStage, FireStage, PoolStage, Stage
@@ -20,6 +24,8 @@ Bypass = Literal["none", "simple", "complex"]
 LayerKind = Literal["conv", "fire", "max_pool", "classifier"]
 Shortcut = Literal["none", "identity", "projection"]
 BYPASSES = ("none", "simple", "complex")
+Output = Literal["logits", "pooled", "feature_map", "stages"]
+OUTPUTS = ("logits", "pooled", "feature_map", "stages")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,6 +195,40 @@ def stage_features(plan: Sequence[Layer]) -> dict[str, StageFeature]:
         if layer.kind != "max_pool":
             features[f"stride{stride}"] = StageFeature(layer.name, layer.out_channels, stride)
     return features
+
+
+def forward(
+    plan: Sequence[Layer],
+    x: jax.Array,
+    output: Output,
+    apply_layer: Callable[[Layer, jax.Array, bool], jax.Array],
+    classify: Callable[[jax.Array], jax.Array],
+) -> jax.Array | dict[str, jax.Array]:
+    """A SqueezeNet's `output` for `x`, its layers computed by `apply_layer(layer, x, pool_branches)`
+    and `classify` (the classifier and its ReLU, before the global average): "logits" (N, classes)
+    and "pooled" (N, C) in float32, "feature_map" (N, H, W, C), or "stages" (`stage_features`'
+    keys). A Fire layer asked to pool its branches (`self_pooling_fires`) makes the pool after it
+    pass its input on. The linen and NNX modules both run this walk."""
+    if output not in OUTPUTS:
+        raise ValueError(f"expected output {', '.join(map(repr, OUTPUTS))}, got {output!r}")
+    *backbone, _ = plan
+    wanted = stage_features(plan).items() if output == "stages" else ()
+    keep = {feature.layer: key for key, feature in wanted}
+    self_pooling = self_pooling_fires(plan, keep)
+    features, previous = {}, None
+    for layer in backbone:
+        if not (layer.kind == "max_pool" and previous in self_pooling):
+            x = apply_layer(layer, x, layer.name in self_pooling)
+        if layer.name in keep:
+            features[keep[layer.name]] = x
+        previous = layer.name
+    if output == "stages":
+        return features
+    if output == "feature_map":
+        return x
+    if output == "logits":
+        x = classify(x)
+    return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
 
 
 def feature_info(stages: Sequence[Stage], in_channels: int = 3) -> dict[str, StageFeature]:

@@ -11,19 +11,17 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from flax_squeezenet import layers, ops
-from flax_squeezenet.layers import Bypass, Convolution, Layer, StageFeature
+from flax_squeezenet.layers import Bypass, Convolution, Layer, Output, StageFeature
 from flax_squeezenet.stages import V1_0, V1_1, FireStage, Stage, metaparameter_stages
 
 Dtype = Any
-Output = Literal["logits", "pooled", "feature_map", "stages"]
-OUTPUTS = ("logits", "pooled", "feature_map", "stages")
 
 kaiming_uniform = nn.initializers.variance_scaling(2.0, "fan_in", "uniform")
 
@@ -121,18 +119,19 @@ class SqueezeNet(nn.Module):
                 f"got {x.shape[1]}x{x.shape[2]}"
             )
 
-    def _fire(self, layer: Layer, x: jnp.ndarray, then_pool: bool) -> tuple[jnp.ndarray, bool]:
-        """The Fire layer's output (pooled too when `then_pool` and it has no shortcut), and
-        whether it pooled."""
+    def _layer(self, layer: Layer, x: jnp.ndarray, pool_branches: bool) -> jnp.ndarray:
+        """A plan layer's output (`layers.forward`'s `apply_layer`)."""
         options = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        if layer.kind == "conv":
+            return nn.relu(conv_module(layer.convs[0], kernel_init=kaiming_uniform, **options)(x))
+        if layer.kind == "max_pool":
+            return ops.max_pool_3x3_ceil(x)
         fire = FireModule(*(conv.out_channels for conv in layer.convs), **options, name=layer.name)
         if layer.shortcut == "identity":
-            return fire(x) + x, False
+            return fire(x) + x
         if layer.shortcut == "projection":
-            return fire(x) + conv_module(layer.shortcut_conv, kernel_init=kaiming_uniform, **options)(x), False
-        if then_pool:
-            return ops.max_pool_3x3_ceil_concat(fire.branches(x)), True
-        return fire(x), False
+            return fire(x) + conv_module(layer.shortcut_conv, kernel_init=kaiming_uniform, **options)(x)
+        return ops.max_pool_3x3_ceil_concat(fire.branches(x)) if pool_branches else fire(x)
 
     @nn.compact
     def __call__(
@@ -143,36 +142,13 @@ class SqueezeNet(nn.Module):
         or "stages": `{"stride2": ..., "stride4": ..., ...}`, at each stride the last conv or Fire
         module's output before the pool that halves it (`feature_info` lists them), NHWC in
         `dtype`."""
-        if output not in OUTPUTS:
-            raise ValueError(f"expected output 'logits', 'pooled', 'feature_map' or 'stages', got {output!r}")
         plan = self.plan
         self._check_input(x)
-        *backbone, classifier = plan
-        wanted = layers.stage_features(plan).items() if output == "stages" else ()
-        keep = {feature.layer: key for key, feature in wanted}
-        self_pooling = layers.self_pooling_fires(plan, keep)
-        x, features = jnp.asarray(x, self.dtype), {}
-        options = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        pooled = False  # whether the Fire layer before this pool has pooled already
-        for layer in backbone:
-            if layer.kind == "conv":
-                x = nn.relu(conv_module(layer.convs[0], kernel_init=kaiming_uniform, **options)(x))
-            elif layer.kind == "max_pool":
-                x = x if pooled else ops.max_pool_3x3_ceil(x)
-                pooled = False
-            else:
-                x, pooled = self._fire(layer, x, layer.name in self_pooling)
-            if layer.name in keep:
-                features[keep[layer.name]] = x
-        if output == "stages":
-            return features
-        if output == "feature_map":
-            return x
-        if output == "pooled":
-            return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
-        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        x = conv_module(classifier.convs[0], kernel_init=nn.initializers.normal(0.01), **options)(x)
-        return jnp.mean(nn.relu(x).astype(jnp.float32), axis=(1, 2))
+        classifier = conv_module(plan[-1].convs[0], kernel_init=nn.initializers.normal(0.01),
+                                 dtype=self.dtype, param_dtype=self.param_dtype)  # fmt: skip
+        dropout = nn.Dropout(self.dropout_rate, deterministic=not train)
+        return layers.forward(plan, jnp.asarray(x, self.dtype), output, self._layer,
+                              lambda x: nn.relu(classifier(dropout(x))))  # fmt: skip
 
 
 squeezenet1_0 = functools.partial(SqueezeNet, stages=V1_0)

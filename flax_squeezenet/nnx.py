@@ -15,22 +15,20 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from flax_squeezenet import layers, models, pretrained
-from flax_squeezenet.layers import Bypass, Convolution, Layer, StageFeature
+from flax_squeezenet.layers import Bypass, Convolution, Layer, Output, StageFeature
 from flax_squeezenet.models import Dtype, kaiming_uniform
 from flax_squeezenet.ops import conv_1x1_as_matmul, max_pool_3x3_ceil, max_pool_3x3_ceil_concat
 from flax_squeezenet.stages import V1_0, V1_1, FireStage, Stage
 
 from flax_squeezenet.pretrained import _check_shapes as check_shapes
 
-Output = Literal["logits", "pooled", "feature_map", "stages"]
-OUTPUTS = ("logits", "pooled", "feature_map", "stages")
 CONFIG_FIELDS = ("stages", "num_classes", "dropout_rate", "in_channels", "bypass", "classifier_padding", "dtype",
                  "param_dtype")  # fmt: skip
 
@@ -165,29 +163,12 @@ class SqueezeNet(nnx.Module):
         the linen module's: "pooled" (N, C) float32, "feature_map" (N, H, W, C), or "stages":
         `{"stride2": ..., ...}`, at each stride the last conv or Fire module's output before the
         pool that halves it (`feature_info` lists them), NHWC in `dtype`."""
-        if output not in OUTPUTS:
-            raise ValueError(f"expected output {', '.join(map(repr, OUTPUTS))}, got {output!r}")
-        plan = self.plan
         self.linen_module()._check_input(x)
-        *backbone, _ = plan
-        wanted = layers.stage_features(plan).items() if output == "stages" else ()
-        keep = {feature.layer: key for key, feature in wanted}
-        self_pooling = layers.self_pooling_fires(plan, keep)
-        x, features, previous = jnp.asarray(x, self.dtype), {}, None
-        for layer in backbone:
-            if not (layer.kind == "max_pool" and previous in self_pooling):
-                x = apply_layer(layer, self.layer_modules(layer), x, layer.name in self_pooling)
-            if layer.name in keep:
-                features[keep[layer.name]] = x
-            previous = layer.name
-        if output == "stages":
-            return features
-        if output == "feature_map":
-            return x
-        if output == "pooled":
-            return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
-        x = nnx.relu(self.classifier(self.dropout(x)))
-        return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+        return layers.forward(
+            self.plan, jnp.asarray(x, self.dtype), output,
+            lambda layer, x, pool_branches: apply_layer(layer, self.layer_modules(layer), x, pool_branches),
+            lambda x: nnx.relu(self.classifier(self.dropout(x))),
+        )  # fmt: skip
 
 
 squeezenet1_0 = functools.partial(SqueezeNet, V1_0)
