@@ -6,6 +6,10 @@ import pathlib
 import jax
 import pytest
 
+from flax_squeezenet.conventions import InputConvention
+
+GREY = InputConvention(mean=(0.5,), std=(0.25,), resize_size=64, crop_size=64, channel_order="L")
+"""An input convention for the tests' 1-channel models, which `save_pretrained` needs."""
 SHARED = pathlib.Path(os.environ.get("FLAX_SQUEEZENET_SHARED", pathlib.Path(__file__).resolve().parents[2] / "shared"))
 
 

@@ -6,9 +6,11 @@ import json
 import numpy as np
 from PIL import Image
 
+from conftest import GREY
+
 from flax_squeezenet import save_pretrained
 from flax_squeezenet.cli import export as export_cli
-from flax_squeezenet.conventions import IMAGENET, InputConvention
+from flax_squeezenet.conventions import IMAGENET
 from flax_squeezenet.pretrained import METADATA_FILE
 
 
@@ -34,8 +36,7 @@ def run_cli_error(capsys, *args, format="onnx"):
 def save_grey_model_as_older_versions_did(directory, variables, **model_kwargs):
     """A 1-channel model's directory as `save_pretrained` wrote it before it refused to: with ImageNet's
     3-channel convention in its metadata."""
-    grey = InputConvention(mean=(0.5,), std=(0.25,), channel_order="L")
-    saved = save_pretrained(directory, variables, model="squeezenet1_1", in_channels=1, preprocessing=grey, **model_kwargs)
+    saved = save_pretrained(directory, variables, model="squeezenet1_1", in_channels=1, preprocessing=GREY, **model_kwargs)
     metadata = json.loads((saved / METADATA_FILE).read_text())
     metadata["preprocessing"] = IMAGENET.to_dict()
     (saved / METADATA_FILE).write_text(json.dumps(metadata))

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import require_shared
+from conftest import GREY, require_shared
 from flax_squeezenet import load_pretrained, save_pretrained
 from flax_squeezenet.compression import compress, encoded_size, read_compressed, save_compressed
 from flax_squeezenet.compression.fileformat import encode_compressed
@@ -33,7 +33,8 @@ def assert_same_tree(a, b):
 def random_checkpoint(directory: pathlib.Path, model, name: str) -> pathlib.Path:
     variables = model.init(jax.random.key(0), jnp.zeros((1, 64, 64, model.in_channels)))
     kwargs = {"in_channels": model.in_channels, "num_classes": model.num_classes}
-    return save_pretrained(directory, variables, model=name, **kwargs)
+    return save_pretrained(directory, variables, model=name, preprocessing=GREY if model.in_channels == 1 else None,
+                           **kwargs)  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import pytest
 import flax_squeezenet
 from flax_squeezenet.cli import compress as cli
 from flax_squeezenet.compression import pruning, retrain
-from flax_squeezenet.conventions import InputConvention
+from conftest import GREY
 from train_helpers import REPO, config_flags, tiny_config
 
 
@@ -26,9 +26,8 @@ def trained_model(tmp_path_factory):
     module = flax_squeezenet.create_model("squeezenet1_1", num_classes=4, in_channels=1)
     params = module.init(jax.random.key(5), jnp.zeros((1, 20, 20, 1)))["params"]
     directory = tmp_path_factory.mktemp("source") / "model"
-    grey = InputConvention(mean=(0.5,), std=(0.25,), resize_size=20, crop_size=20, channel_order="L")
     return flax_squeezenet.save_pretrained(directory, {"params": params}, model="squeezenet1_1", num_classes=4,
-                                           in_channels=1, preprocessing=grey)  # fmt: skip
+                                           in_channels=1, preprocessing=GREY)  # fmt: skip
 
 
 def test_stages_chain_their_models_and_set_their_keys(tmp_path):

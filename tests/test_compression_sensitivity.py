@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 import flax_squeezenet
+from conftest import GREY
 from export_helpers import write_images
 from flax_squeezenet.cli import compress as cli
 from flax_squeezenet.compression import pruning, retrain, sensitivity
-from flax_squeezenet.conventions import InputConvention
 from train import input_pipeline
 from train_helpers import tiny_config
 
@@ -93,9 +93,8 @@ def test_a_plan_fills_the_layers_the_config_does_not_set(tmp_path):
 
 def test_sensitivity_plan_is_measured_on_the_configs_train_images(model_and_params, tmp_path):
     module, params = model_and_params
-    grey = InputConvention(mean=(0.5,), std=(0.25,), resize_size=32, crop_size=32, channel_order="L")
     weights = flax_squeezenet.save_pretrained(tmp_path / "model", {"params": params}, model="squeezenet1_1",
-                                              num_classes=4, in_channels=1, preprocessing=grey)  # fmt: skip
+                                              num_classes=4, in_channels=1, preprocessing=GREY)  # fmt: skip
     config = tiny_config()
     plan = retrain.sensitivity_plan(config, weights, 0.4, num_images=16)
     images = input_pipeline.sample_train_images(config, 16)

@@ -9,6 +9,7 @@ import optax
 import pytest
 
 import flax_squeezenet
+from conftest import GREY
 from flax_squeezenet.compression.trained_sharing import SNAP_UPDATES, with_shared_weights
 from train import run
 from train_helpers import run_training, tiny_config, train_in_process
@@ -36,7 +37,7 @@ def half_pruned_model(tmp_path_factory):
 
     directory = tmp_path_factory.mktemp("pruned") / "model"
     flax_squeezenet.save_pretrained(directory, {"params": jax.tree.map(prune, params)}, model="squeezenet1_1",
-                                    num_classes=4, in_channels=1)  # fmt: skip
+                                    num_classes=4, in_channels=1, preprocessing=GREY)  # fmt: skip
     return directory
 
 
