@@ -61,6 +61,16 @@ def test_warmup_cosine_and_linear_schedules():
         optim.create_learning_rate_schedule(tiny_config(schedule="step"), 10)
 
 
+def test_cosine_restarts_repeat_the_cycle():
+    config = tiny_config(learning_rate=1.0, warmup_steps=0, schedule="cosine_restarts", cycle_steps=10,
+                         end_learning_rate_factor=0.1)  # fmt: skip
+    schedule = optim.create_learning_rate_schedule(config, num_train_steps=30)
+    once = optax.cosine_decay_schedule(1.0, 10, alpha=0.1)
+    for step in range(30):
+        assert float(schedule(step)) == pytest.approx(float(once(step % 10)), abs=1e-6), step
+    assert float(schedule(9)) < 0.15 and float(schedule(10)) == pytest.approx(1.0)
+
+
 def test_gradient_clipping_bounds_the_update():
     config = tiny_config(optimizer="sgd", momentum=0.0, grad_clip_norm=1.0, learning_rate=1.0)
     tx = optim.create_optimizer(config, optax.constant_schedule(1.0), 10)

@@ -18,15 +18,16 @@ import jax
 
 import flax_squeezenet
 from flax_squeezenet.compression import pruning
-from train import input_pipeline, parallel, steps
+from train import averaging, input_pipeline, parallel, steps
 from train import run as run_lib
 from train import workdir as workdir_lib
 from train.state import TrainState
 
 
 def evaluate(run: run_lib.Run, state: TrainState, eval_step: Callable) -> dict[str, float]:
-    """Mean loss, top-1 and top-5 of `state` over the run's eval split (all processes' shares); with
-    pruning on, also `density`: the fraction of its conv weights not zero."""
+    """Mean loss, top-1 and top-5 of `state`'s model (`averaging.model_params`) over the run's eval
+    split (all processes' shares); with pruning on, also `density`: the fraction of its conv weights not zero."""
+    state = state.replace(params=averaging.model_params(state))
     totals: dict[str, float] = {}
     for batch in input_pipeline.create_eval_batches(run.data, process_index=jax.process_index(),
                                                     process_count=jax.process_count()):  # fmt: skip

@@ -6,10 +6,16 @@ import optax
 
 from flax_squeezenet.compression import pruning
 from flax_squeezenet.compression.trained_sharing import with_shared_weights
+from train.averaging import average_weights
 
-SCHEDULES = ("constant", "linear", "warmup_cosine")
+SCHEDULES = ("constant", "linear", "warmup_cosine", "cosine_restarts")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 PAPER_DENSITIES = "paper"  # prune_density's name for pruning.PAPER_V1_0_DENSITIES
+
+
+def restarting(schedule: optax.Schedule, cycle_steps: int) -> optax.Schedule:
+    """`schedule` started again every `cycle_steps` steps."""
+    return lambda step: schedule(step % cycle_steps)
 
 
 def create_learning_rate_schedule(config, num_train_steps: int) -> optax.Schedule:
@@ -17,7 +23,8 @@ def create_learning_rate_schedule(config, num_train_steps: int) -> optax.Schedul
 
     "constant" holds `learning_rate`; "linear" decays it linearly to
     `learning_rate * end_learning_rate_factor` at `num_train_steps` (the SqueezeNet paper's policy);
-    "warmup_cosine" follows a cosine to that same end value.
+    "warmup_cosine" follows a cosine to that same end value; "cosine_restarts" (Loshchilov & Hutter's
+    SGDR) repeats that cosine every `config.cycle_steps` steps.
     """
     if config.schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {config.schedule!r}; expected one of {', '.join(SCHEDULES)}")
@@ -29,6 +36,9 @@ def create_learning_rate_schedule(config, num_train_steps: int) -> optax.Schedul
         main = optax.constant_schedule(peak)
     elif config.schedule == "linear":
         main = optax.linear_schedule(peak, end, decay_steps)
+    elif config.schedule == "cosine_restarts":
+        main = restarting(optax.cosine_decay_schedule(peak, config.cycle_steps, alpha=config.end_learning_rate_factor),
+                          config.cycle_steps)  # fmt: skip
     else:
         main = optax.cosine_decay_schedule(peak, decay_steps, alpha=config.end_learning_rate_factor)
     if warmup == 0:
@@ -63,10 +73,29 @@ def create_pruning(config, num_train_steps: int) -> optax.GradientTransformation
     )
 
 
+def averaging_start(config, num_train_steps: int) -> int:
+    """The step weight averaging starts after (`config.average_from_step`).
+
+    Raises ValueError unless the run reaches the first step averaged and, with pruning on, averaging
+    starts once pruning reaches its target densities (an earlier mean would bring pruned weights back).
+    """
+    start = config.average_from_step
+    if start + config.average_every_steps > num_train_steps:
+        raise ValueError(f"config keys average_from_step ({start}) + average_every_steps ({config.average_every_steps}) "
+                         f"must be at most num_train_steps ({num_train_steps}), so the run reaches a step to average")  # fmt: skip
+    if config.prune_density is not None:
+        end = pruning_steps(config, num_train_steps)[1]
+        if start < end:
+            raise ValueError(f"config key average_from_step ({start}) must be at least the step pruning ends at "
+                             f"({end}), so pruned weights stay zero in the mean")  # fmt: skip
+    return start
+
+
 def create_optimizer(config, learning_rate: optax.Schedule, num_train_steps: int) -> optax.GradientTransformation:
     """`config.optimizer` with optional global-norm clipping (`config.grad_clip_norm` > 0), and
     magnitude pruning (`config.prune_density` set) chained last so pruned weights stay exactly zero,
-    and training shared weights when `config.share_bits` is set (`with_shared_weights`).
+    and training shared weights when `config.share_bits` is set (`with_shared_weights`), keeping the
+    mean of the parameters when `config.average_from_step` is set (`average_weights`).
 
     "adamw" decays weights decoupled from the gradient; "adam" and "sgd" (with `config.momentum`)
     add `weight_decay * params` to the gradient (L2), as the paper's Caffe solver did.
@@ -84,4 +113,6 @@ def create_optimizer(config, learning_rate: optax.Schedule, num_train_steps: int
         optimizer = optax.chain(optimizer, create_pruning(config, num_train_steps))
     if config.get("share_bits") is not None:  # wraps the whole chain: it sees the summed gradients
         optimizer = with_shared_weights(optimizer, config.share_bits, dict(config.share_layer_bits))
+    if config.get("average_from_step") is not None:  # wraps the whole chain: it sees the final parameters
+        optimizer = average_weights(optimizer, averaging_start(config, num_train_steps), config.average_every_steps)
     return optimizer

@@ -20,15 +20,16 @@ import numpy as np
 
 import flax_squeezenet
 from flax_squeezenet.conventions import InputConvention
+from train import averaging
 from train import run as run_lib
 from train import workdir as workdir_lib
 from train.state import TrainState
 
 
 def save_model(run: run_lib.Run, state: TrainState, directory: str | os.PathLike) -> pathlib.Path:
-    """Write `state`'s parameters where `flax_squeezenet.load_pretrained(directory)` reads them,
-    with the run's evaluation transform and class names (tests/test_conventions.py)."""
-    params = jax.tree.map(np.asarray, state.params)
+    """Write `state`'s model (`averaging.model_params`) where `flax_squeezenet.load_pretrained(directory)`
+    reads it, with the run's evaluation transform and class names (tests/test_conventions.py)."""
+    params = jax.tree.map(np.asarray, averaging.model_params(state))
     p = run.data.settings.preprocessing
     convention = InputConvention(p.mean, p.std, round(p.image_size / p.eval_crop_fraction), p.image_size,
                                  "L" if p.channels == 1 else "RGB")  # fmt: skip

@@ -54,8 +54,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.num_train_steps = -1  # > 0 overrides num_epochs
     config.optimizer = "adam"  # "adam", "adamw" or "sgd" (momentum)
     config.learning_rate = 1e-3
-    config.schedule = "warmup_cosine"  # "constant", "linear" (the paper's decay to 0) or "warmup_cosine"
+    config.schedule = "warmup_cosine"  # "constant", "linear" (the paper's decay to 0), "warmup_cosine", "cosine_restarts"
     config.warmup_steps = 500
+    config.cycle_steps = 0  # "cosine_restarts" only: the length of each cosine cycle
     config.end_learning_rate_factor = 0.0  # final learning rate of linear / cosine, times learning_rate
     config.weight_decay = 0.0  # adamw: decoupled decay; sgd: L2 added to the gradient
     config.momentum = 0.9  # sgd only
@@ -79,6 +80,13 @@ def get_config() -> ml_collections.ConfigDict:
     # each shared value by its weights' summed gradient. Zeros (pruned weights) stay zero.
     config.share_bits = config_dict.placeholder(int)  # None: off; bits per weight of every conv, 1 to 8
     config.share_layer_bits = ml_collections.ConfigDict()  # conv path -> bits, e.g. {"classifier": 4}
+
+    # Weight averaging (train.averaging): evaluate and save the mean of the parameters reached every
+    # average_every_steps steps after average_from_step (stochastic weight averaging: with a constant
+    # learning rate every step, with "cosine_restarts" every cycle_steps); None: off. With pruning
+    # it must start once the target densities are reached.
+    config.average_from_step = config_dict.placeholder(int)
+    config.average_every_steps = 1
 
     # Runtime.
     config.seed = 0

@@ -59,6 +59,9 @@ RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "prune_begin_step": (_non_negative, "an integer of at least 0"),
     "prune_end_step": (lambda v: v == -1 or _positive(v), "an integer of at least 1, or -1 (2/3 of the run)"),
     "prune_frequency": (_positive, "an integer of at least 1"),
+    "average_from_step": (_non_negative, "an integer of at least 0 (None: no weight averaging)"),
+    "average_every_steps": (_positive, "an integer of at least 1"),
+    "cycle_steps": (_non_negative, "an integer of at least 0"),
 }
 
 
@@ -67,6 +70,8 @@ def _sharing_problem(config: ml_collections.ConfigDict) -> str | None:
     overrides = dict(config.get("share_layer_bits") or {})
     if config.get("share_bits") is None:
         return "config key share_layer_bits needs share_bits set" if overrides else None
+    if config.get("average_from_step") is not None:  # the mean of the first steps would leave the shared values
+        return "config keys share_bits and average_from_step cannot both be set: average weights before sharing them"
     if config.get("prune_density") is not None:  # pruning would zero single members of a cluster
         return (
             "config keys share_bits and prune_density cannot both be set: prune in one run, then share in "
@@ -104,6 +109,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
         value = config.get(key)
         if value is not None and not check(value):
             raise ValueError(f"config key {key} must be {expected}, got {value!r}")
+    if config.get("schedule") == "cosine_restarts" and not config.get("cycle_steps"):
+        raise ValueError("config key cycle_steps must be at least 1 with schedule 'cosine_restarts' (the cycle's length)")
     _validate_pruning(config)
     problem = _sharing_problem(config)
     if problem:
