@@ -1,5 +1,6 @@
 """Stochastic weight averaging (Izmailov et al., 2018): the model a run ends with is the mean of its
-parameters over the run's last steps, which generalises better than the last step's parameters.
+parameters over the run's last steps, which often generalises better than the last step's parameters
+(not on the CIFAR-10 model of BENCHMARKS.md, "weight averaging from the 24-epoch model").
 
 `average_weights` wraps the run's whole optimiser, so the mean lives in the optimiser state: it is
 checkpointed with the run, resumes exactly and is computed alike under jit and pmap. Evaluation and
