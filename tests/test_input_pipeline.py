@@ -343,6 +343,28 @@ def test_flip_augmentation_resizes_and_mirrors_only():
     assert views == {image.tobytes(), image[:, ::-1].tobytes()}
 
 
+def test_cutout_sets_one_clipped_square_around_a_random_pixel_to_the_mean_colour():
+    image = np.full((8, 8, 3), 255, np.uint8)
+    fill = (0.2, 0.4, 0.6)
+    areas = set()
+    for seed in range(60):
+        erased = transforms.cutout(image, 4, fill, np.random.default_rng(seed))
+        rows, cols = np.nonzero((erased != 255).any(axis=-1))
+        assert (erased[rows, cols] == (51, 102, 153)).all()
+        height, width = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+        assert height <= 4 and width <= 4 and len(rows) == height * width  # one rectangle, no holes
+        areas.add(len(rows))
+    assert 16 in areas and min(areas) < 16  # whole inside the image, and clipped at a border
+
+
+def test_cutout_augmentation_is_crop_flip_plus_a_mean_square():
+    image = np.full((8, 8, 1), 200, np.uint8)
+    preprocessing = transforms.Preprocessing(8, 1, (0.5,), (1.0,), "crop_flip_cutout", 1.0)
+    views = [transforms.augment(image, preprocessing, np.random.default_rng(seed)) for seed in range(20)]
+    assert all((view == 128).sum() >= 4 for view in views)  # the square; crop padding is 0, the image 200
+    assert any((view == 0).any() for view in views)
+
+
 def test_random_resized_crop_boxes_lie_inside_the_image_and_fall_back_to_the_center():
     image = np.random.default_rng(0).integers(0, 256, size=(10, 40, 3), dtype=np.uint8)
     for seed in range(20):

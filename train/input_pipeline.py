@@ -26,11 +26,11 @@ below; all resolved once, in ``open_data``; other keys are ignored):
     1 or 3; grayscale is repeated to 3 channels, RGB converted to luminance for 1.
 ``augment`` (None: "flip" for Fashion-MNIST, "crop_flip" for CIFAR, "crop" for MNIST, else
     "random_resized_crop")
-    "crop_flip", "crop", "flip", "random_resized_crop" or "none" (see ``train.data.transforms``). For
-    Fashion-MNIST "flip": clothes are left-right symmetric, and the classes the model confuses
-    (shirt, T-shirt, pullover, coat) gain from mirrored views, while random crops slowed learning
-    more than the default 20 epochs allow (``train/configs/default.py``). Digits (MNIST) must not be
-    mirrored: "crop".
+    "crop_flip", "crop_flip_cutout", "crop", "flip", "random_resized_crop" or "none" (see
+    ``train.data.transforms``). For Fashion-MNIST "flip": clothes are left-right symmetric, and the
+    classes the model confuses (shirt, T-shirt, pullover, coat) gain from mirrored views, while random
+    crops slowed learning more than the default 20 epochs allow (``train/configs/default.py``). Digits
+    (MNIST) must not be mirrored: "crop".
 ``mean`` / ``std`` (None: the dataset's own per-channel statistics; ImageNet's for image folders and
     unlisted TFDS datasets, which is also what pretrained weights expect)
     Normalisation of pixel values scaled to [0, 1]; one value or one per channel.

@@ -31,7 +31,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval_split = config_dict.placeholder(str)
     config.image_size = 64  # None: the dataset's own
     config.channels = config_dict.placeholder(int)  # None: the dataset's own; 1 or 3
-    config.augment = config_dict.placeholder(str)  # "crop_flip", "crop", "flip", "random_resized_crop", "none"
+    config.augment = config_dict.placeholder(str)  # None: the dataset's own; see train.data.transforms.AUGMENTATIONS
     config.mean = config_dict.placeholder(tuple)  # None: the dataset's own per-channel statistics
     config.std = config_dict.placeholder(tuple)
     config.synthetic_train_examples = 256  # "synthetic" (random images, for tests) only

@@ -18,7 +18,7 @@ import grain
 import numpy as np
 from PIL import Image
 
-AUGMENTATIONS = ("crop_flip", "crop", "flip", "random_resized_crop", "none")
+AUGMENTATIONS = ("crop_flip", "crop_flip_cutout", "crop", "flip", "random_resized_crop", "none")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +28,8 @@ class Preprocessing:
     ``augment`` selects the training augmentation (one of ``AUGMENTATIONS``):
       - "crop_flip": resize to ``image_size``, zero-pad by ``image_size // 8`` on each side, take a
         random ``image_size`` crop, flip left-right with probability 1/2 (the CIFAR recipe).
+      - "crop_flip_cutout": "crop_flip", then a square of side ``image_size // 2`` centred on a random
+        pixel (clipped at the borders) set to the dataset's mean colour (Cutout, DeVries & Taylor 2017).
       - "crop": the same without the flip.
       - "flip": resize to ``image_size`` and flip left-right with probability 1/2.
       - "random_resized_crop": a random crop of 8%-100% of the area with aspect ratio in
@@ -87,6 +89,19 @@ def pad_and_random_crop(image: np.ndarray, padding: int, rng: np.random.Generato
 def random_flip(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """The image mirrored left-right with probability 1/2."""
     return image[:, ::-1] if rng.random() < 0.5 else image
+
+
+def cutout(image: np.ndarray, side: int, mean: tuple[float, ...], rng: np.random.Generator) -> np.ndarray:
+    """The image with a ``side`` x ``side`` square around a random pixel, clipped at the borders, set to ``mean``.
+
+    ``mean`` is per channel in [0, 1], so the square normalises to zero.
+    """
+    height, width = image.shape[:2]
+    center_y, center_x = rng.integers(0, height), rng.integers(0, width)
+    top, left = max(0, center_y - side // 2), max(0, center_x - side // 2)
+    erased = image.copy()
+    erased[top : center_y - side // 2 + side, left : center_x - side // 2 + side] = np.round(np.asarray(mean) * 255)
+    return erased
 
 
 def random_resized_crop(
@@ -150,10 +165,12 @@ def augment(image: np.ndarray, preprocessing: Preprocessing, rng: np.random.Gene
     if preprocessing.augment == "random_resized_crop":
         return random_flip(random_resized_crop(image, size, rng), rng)
     image = resize(image, size, size)
-    if preprocessing.augment in ("crop", "crop_flip"):
+    if preprocessing.augment in ("crop", "crop_flip", "crop_flip_cutout"):
         image = pad_and_random_crop(image, max(1, size // 8), rng)
-    if preprocessing.augment in ("crop_flip", "flip"):
+    if preprocessing.augment in ("crop_flip", "crop_flip_cutout", "flip"):
         image = random_flip(image, rng)
+    if preprocessing.augment == "crop_flip_cutout":
+        image = cutout(image, size // 2, preprocessing.mean, rng)
     return image
 
 
