@@ -98,9 +98,9 @@ def cutout(image: np.ndarray, side: int, mean: tuple[float, ...], rng: np.random
     """
     height, width = image.shape[:2]
     center_y, center_x = rng.integers(0, height), rng.integers(0, width)
-    top, left = max(0, center_y - side // 2), max(0, center_x - side // 2)
+    top, left = center_y - side // 2, center_x - side // 2
     erased = image.copy()
-    erased[top : center_y - side // 2 + side, left : center_x - side // 2 + side] = np.round(np.asarray(mean) * 255)
+    erased[max(0, top) : top + side, max(0, left) : left + side] = np.round(np.asarray(mean) * 255)
     return erased
 
 
