@@ -6,7 +6,8 @@ An `InputConvention` says how an image becomes the model's input: shorter side r
 `input_convention(name_or_path)` gives the one for any source `load_pretrained` reads: torchvision's
 weights and their ncnn export use ImageNet's; the paper's Deep Compression file is fed 227-pixel
 crops (its Caffe input scaling is folded into conv1); a `save_pretrained` directory or Hub repository
-carries its own in its metadata (e.g. a Fashion-MNIST model: "L", 64 px, the dataset's statistics).
+carries its own in its metadata (e.g. a Fashion-MNIST model: "L", 64 px, the dataset's statistics),
+and `saved_class_names` reads the class names saved beside it.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from flax_squeezenet import safetensors_io
 ChannelOrder = Literal["RGB", "BGR", "L"]
 CHANNELS = {"RGB": 3, "BGR": 3, "L": 1}
 PREPROCESSING_KEY = "preprocessing"
+CLASS_NAMES_KEY = "class_names"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,10 +108,21 @@ IMAGENET = InputConvention()
 DEEP_COMPRESSION = InputConvention(crop_size=227)
 
 
-def _saved_convention(directory: pathlib.Path, metadata_file: str) -> InputConvention:
-    path = directory / metadata_file
-    stored = json.loads(path.read_text()).get(PREPROCESSING_KEY)
-    return IMAGENET if stored is None else InputConvention.from_dict(stored, str(path))
+def _saved_metadata(name_or_path: str | os.PathLike, cache_dir: str | os.PathLike | None) -> tuple[dict, str] | None:
+    """(the metadata JSON, its path) of a `save_pretrained` directory or Hub repository; None for other sources."""
+    from flax_squeezenet.pretrained import METADATA_FILE, PRETRAINED
+
+    if isinstance(name_or_path, str) and name_or_path in PRETRAINED:
+        return None
+    if str(name_or_path).startswith(safetensors_io.HUB_PREFIX):
+        path = safetensors_io.hub_directory(str(name_or_path), cache_dir) / safetensors_io.CONFIG_FILE
+    elif safetensors_io.is_safetensors_dir(pathlib.Path(name_or_path)):
+        path = pathlib.Path(name_or_path) / safetensors_io.CONFIG_FILE
+    elif (pathlib.Path(name_or_path) / METADATA_FILE).is_file():
+        path = pathlib.Path(name_or_path) / METADATA_FILE
+    else:
+        return None
+    return json.loads(path.read_text()), str(path)
 
 
 def input_convention(name_or_path: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> InputConvention:
@@ -118,17 +131,11 @@ def input_convention(name_or_path: str | os.PathLike, cache_dir: str | os.PathLi
     Directories and `.sqz` files without one stored (older saves) and every torchvision source give
     `IMAGENET`.
     """
-    from flax_squeezenet.pretrained import METADATA_FILE, PRETRAINED
-
-    if isinstance(name_or_path, str) and name_or_path in PRETRAINED:
-        return IMAGENET
-    if str(name_or_path).startswith(safetensors_io.HUB_PREFIX):
-        return _saved_convention(safetensors_io.hub_directory(str(name_or_path), cache_dir), safetensors_io.CONFIG_FILE)
+    saved = _saved_metadata(name_or_path, cache_dir)
+    if saved is not None:
+        stored, source = saved[0].get(PREPROCESSING_KEY), saved[1]
+        return IMAGENET if stored is None else InputConvention.from_dict(stored, source)
     path = pathlib.Path(name_or_path)
-    if safetensors_io.is_safetensors_dir(path):
-        return _saved_convention(path, safetensors_io.CONFIG_FILE)
-    if (path / METADATA_FILE).is_file():
-        return _saved_convention(path, METADATA_FILE)
     if path.suffix == ".net":
         return DEEP_COMPRESSION
     if path.suffix == ".sqz" and path.is_file():
@@ -137,3 +144,15 @@ def input_convention(name_or_path: str | os.PathLike, cache_dir: str | os.PathLi
         return read_preprocessing(path)
     return IMAGENET
 
+
+def saved_class_names(name_or_path: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> list[str] | None:
+    """The class names saved with the weights (`save_pretrained(..., class_names=...)`); None when
+    the source stores none (torchvision's weights and other files: their classes are ImageNet's).
+
+    Raises ValueError naming the metadata file if its "class_names" is not a list of strings.
+    """
+    saved = _saved_metadata(name_or_path, cache_dir)
+    names = None if saved is None else saved[0].get(CLASS_NAMES_KEY)
+    if names is not None and not (isinstance(names, list) and all(isinstance(name, str) for name in names)):
+        raise ValueError(f"{saved[1]}: expected \"{CLASS_NAMES_KEY}\" to be a list of strings, got {names!r}")
+    return names
