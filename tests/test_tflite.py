@@ -107,20 +107,20 @@ def test_int8_agrees_with_float_on_held_back_photos(tmp_path):
     result = quantize.agreement(quantize.flax_logits(model, variables, checked), tflite.run_tflite(path, checked))
     assert result.top1_agreement >= MIN_AGREEMENT, result
     source, target = io_details(path)
-    assert source["dtype"] == target["dtype"] == np.int8
+    assert source["dtype"] == target["dtype"] == np.uint8  # what MediaPipe accepts
     assert list(source["shape_signature"]) == [1, 224, 224, 3]
     assert {"CONV_2D", "MAX_POOL_2D", "CONCATENATION"} <= set(operators(path))
     assert path.stat().st_size < 1.5e6
 
 
 
-def test_one_channel_int8_has_int8_input_and_output(tmp_path):
+def test_one_channel_int8_has_uint8_input_and_output(tmp_path):
     model, variables = random_model(num_classes=10, in_channels=1)
     files = quantize.image_files(write_images(tmp_path / "images", 12, mode="L"))
     images = quantize.preprocess_for_model(files, channels=1, image_size=32, mean=(0.3,), std=(0.35,))
     path = fsq.save_tflite(model, variables, tmp_path / "m.tflite", int8=True, calibration=images, image_size=32)
     source, target = io_details(path)
-    assert source["dtype"] == target["dtype"] == np.int8
+    assert source["dtype"] == target["dtype"] == np.uint8  # what MediaPipe accepts
     assert list(target["shape"]) == [1, 10]
     expected = quantize.flax_logits(model, variables, images)
     got = tflite.run_tflite(path, images)
@@ -144,7 +144,7 @@ def test_cli_int8_reports_held_back_agreement(tmp_path, capsys):
     assert export_cli.main([*argv, "--image-size", "32", "--output", str(output)]) == 0, capsys.readouterr().err
     assert "on 2 held-back images: top-1 agreement" in capsys.readouterr().out
     source, target = io_details(output)
-    assert source["dtype"] == target["dtype"] == np.int8
+    assert source["dtype"] == target["dtype"] == np.uint8  # what MediaPipe accepts
     assert tflite.read_preprocessing(output) == conventions.InputConvention(resize_size=32, crop_size=32)
     assert list(source["shape_signature"]) == [-1, 32, 32, 3]
 

@@ -19,9 +19,10 @@ import numpy as np
 from flax_squeezenet import files
 from flax_squeezenet.cli import device_export
 from flax_squeezenet.cli.common import OneLineErrorParser, positive_int, quiet_library_logs
-from flax_squeezenet.conventions import input_convention
+from flax_squeezenet.conventions import input_convention, saved_class_names
 from flax_squeezenet.download import DownloadError
 from flax_squeezenet.export import save_onnx
+from flax_squeezenet.imagenet import NUM_CLASSES, imagenet_class_names
 from flax_squeezenet.models import MODELS, create_model
 from flax_squeezenet.preprocess import CROP_SIZE
 from flax_squeezenet.pretrained import PRETRAINED, load_pretrained
@@ -91,6 +92,24 @@ def load_module(args: argparse.Namespace):
     return load_pretrained(args.weights, model=args.model, num_classes=args.num_classes)
 
 
+def class_names(source: str | None, module) -> list[str] | None:
+    """The names of the model's classes for the exported file: those saved with the weights, else
+    ImageNet's for a 1,000-class head of published or converted weights (a warning and None when
+    they cannot be had offline), else None (random init, or a new head of --num-classes)."""
+    if source is None:
+        return None
+    saved = saved_class_names(source)
+    if saved is not None:
+        return saved if len(saved) == module.num_classes else None
+    if module.num_classes != NUM_CLASSES:
+        return None
+    try:
+        return imagenet_class_names()
+    except (DownloadError, ValueError) as error:
+        print(f"{PROG}: warning: the file carries no class names ({error})", file=sys.stderr)
+        return None
+
+
 def check_export(path: str, module, variables, image_size: int) -> float:
     """Largest |onnxruntime - Flax| logit difference on two random images of `image_size` pixels."""
     import onnxruntime
@@ -123,15 +142,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError(f"--image-size must be at least {module.min_input_size}, got {args.image_size}")
         source = None if args.random_init else args.weights or args.model or DEFAULT_MODEL
         convention = None if source is None else input_convention(source)
+        names = class_names(source, module)
         if args.format == "tflite":
-            print(device_export.export_tflite(args, module, variables, convention))
+            print(device_export.export_tflite(args, module, variables, convention, names))
             return 0
         if args.int8 or args.calibration or args.input_shape:
-            print(device_export.export(args, module, variables, convention))
+            print(device_export.export(args, module, variables, convention, names))
             return 0
         image_size = args.image_size or (CROP_SIZE if convention is None else convention.crop_size)
         with files.atomic_file(args.output) as staging:
-            save_onnx(module, variables, staging, preprocessing=convention)
+            save_onnx(module, variables, staging, preprocessing=convention, class_names=names)
             difference = check_export(str(staging), module, variables, image_size)
     except (OSError, ValueError, ImportError, DownloadError) as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
