@@ -16,8 +16,8 @@ from tests.conftest import require_shared
 from tests.export_helpers import write_images
 
 mp = pytest.importorskip("mediapipe")
-from mediapipe.tasks.python import vision  # noqa: E402
-from mediapipe.tasks.python.core.base_options import BaseOptions  # noqa: E402
+from mediapipe.tasks.python import vision
+from mediapipe.tasks.python.core.base_options import BaseOptions
 
 onnx = pytest.importorskip("onnx")
 
@@ -62,9 +62,9 @@ def torchvision_files(tmp_path_factory):
     int8 = fsq.save_tflite(model, variables, folder / "int8.tflite", int8=True,
                            calibration=convention.preprocess(calibration), preprocessing=convention,
                            class_names=imagenet.read_class_names(names))  # fmt: skip
-    return dict(model=model, variables=variables, convention=convention, files=files, int8=int8,
-                float32=folder / "float32.tflite", onnx=folder / "model.onnx",
-                names=imagenet.read_class_names(names))  # fmt: skip
+    return {"model": model, "variables": variables, "convention": convention, "files": files, "int8": int8,
+            "float32": folder / "float32.tflite", "onnx": folder / "model.onnx",
+            "names": imagenet.read_class_names(names)}  # fmt: skip
 
 
 def test_float32_file_names_the_flax_models_class_on_every_photo(torchvision_files):
