@@ -100,6 +100,32 @@ def test_float32_variants_match_flax(tmp_path, name, options, image_size):
     assert tflite.read_preprocessing(path) is None
 
 
+@pytest.mark.parametrize(
+    ("options", "convention"),
+    [
+        (dict(num_classes=4), conventions.InputConvention(mean=(0.2, 0.5, 0.7), std=(0.3, 0.2, 0.1), resize_size=32,
+                                                          crop_size=32, channel_order="BGR")),
+        (dict(num_classes=4, in_channels=1), conventions.InputConvention(mean=(0.3,), std=(0.35,), resize_size=32,
+                                                                         crop_size=32, channel_order="L")),
+    ],
+)
+def test_file_with_a_convention_takes_pixels_and_normalizes_them_itself(tmp_path, options, convention):
+    model, variables = random_model(**options)
+    pixels = np.random.default_rng(0).random((3, 32, 32, model.in_channels)).astype(np.float32)  # RGB or L in [0, 1]
+    order = slice(None, None, -1) if convention.channel_order == "BGR" else slice(None)
+    normalized = (pixels[..., order] - np.asarray(convention.mean)) / np.asarray(convention.std)
+    path = fsq.save_tflite(model, variables, tmp_path / "m.tflite", image_size=32, preprocessing=convention)
+    expected = np.asarray(model.apply(variables, normalized.astype(np.float32)))
+    interpreter = Interpreter(model_path=str(path))
+    interpreter.resize_tensor_input(0, [3, 32, 32, model.in_channels])
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], pixels)
+    interpreter.invoke()
+    got = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    assert np.abs(got - expected).max() <= float_tolerance(expected)
+    np.testing.assert_allclose(tflite.run_tflite(path, normalized), got, rtol=1e-5, atol=1e-5)
+
+
 def test_int8_agrees_with_float_on_held_back_photos(tmp_path):
     model, variables = fsq.load_pretrained(require_shared(WEIGHTS))
     calibration, checked = photos(0, CALIBRATION_PHOTOS), photos(CALIBRATION_PHOTOS, CHECKED_PHOTOS)
