@@ -7,7 +7,8 @@ stretches the whole image to the input size (no crop), so two feeds are measured
 - "crop": the convention's 224x224 center crop of the shorter side resized to 256, given as uint8
   pixels (MediaPipe's resize leaves them as they are), against the Flax model on the same crop;
 - "whole": the whole photo (MediaPipe stretches it), against the Flax model on the photo stretched
-  to 224x224 by PIL (bilinear; MediaPipe's resize differs a little).
+  to 224x224 as MediaPipe's CPU path does it (OpenCV's warpPerspective, bilinear, no antialiasing;
+  cv2 comes with mediapipe), and, for comparison, stretched by PIL (bilinear with antialiasing).
 For each: top-1 agreement of MediaPipe float32 with Flax, of MediaPipe int8 with MediaPipe float32,
 and the top-1 accuracy of each.
 
@@ -52,16 +53,34 @@ def mediapipe_top1(path: pathlib.Path, images: list) -> tuple[np.ndarray, list[s
     return np.array(indices), names
 
 
+def mediapipe_stretch(image: np.ndarray, size: int) -> np.ndarray:
+    """`image` stretched to size x size as MediaPipe's ImageToTensor CPU converter does: the image's
+    corners mapped to the output's by OpenCV's warpPerspective, bilinear, borders replicated."""
+    import cv2
+
+    height, width = image.shape[:2]
+    source = np.float32([[0, height], [0, 0], [width, 0], [width, height]])
+    target = np.float32([[0, size], [0, 0], [size, 0], [size, size]])
+    matrix = cv2.getPerspectiveTransform(source, target)
+    return cv2.warpPerspective(image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
 def feeds(convention: conventions.InputConvention, files: list[pathlib.Path]) -> dict[str, tuple[list, np.ndarray]]:
-    """By feed ("crop", "whole"): (the uint8 images MediaPipe gets, the Flax model's input for them)."""
+    """By feed ("crop", "whole", "whole, PIL resize"): (the uint8 images MediaPipe gets, the Flax
+    model's input for them)."""
     plain = dataclasses.replace(convention, mean=(0.0,) * 3, std=(1.0,) * 3)
     crops = np.round(plain.preprocess(files) * 255).astype(np.uint8)
     wholes = [np.asarray(load_image(path)) for path in files]
-    size = (convention.crop_size, convention.crop_size)
-    stretched = np.stack([np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR)) for image in wholes])
+    size = convention.crop_size
+    stretched = np.stack([mediapipe_stretch(image, size) for image in wholes])
+    pil = np.stack([np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR)) for image in wholes])
     mean, std = np.asarray(convention.mean, np.float32), np.asarray(convention.std, np.float32)
-    normalize = lambda pixels: ((pixels.astype(np.float32) / 255.0 - mean) / std).astype(np.float32)
-    return {"crop": (list(crops), normalize(crops)), "whole": (wholes, normalize(stretched))}
+
+    def normalize(pixels: np.ndarray) -> np.ndarray:
+        return ((pixels.astype(np.float32) / 255.0 - mean) / std).astype(np.float32)
+
+    return {"crop": (list(crops), normalize(crops)), "whole": (wholes, normalize(stretched)),
+            "whole, PIL resize": (wholes, normalize(pil))}  # fmt: skip
 
 
 def main() -> None:
