@@ -11,7 +11,7 @@ from test_pretrained import NCNN, isolated_cache, random_variables  # noqa: F401
 import flax_squeezenet as fsq
 from flax_squeezenet.cli import predict
 from flax_squeezenet.weights.conventions import DEEP_COMPRESSION, IMAGENET, InputConvention
-from flax_squeezenet.weights.pretrained import input_convention
+from flax_squeezenet.weights.pretrained import input_convention, saved_class_names
 
 FASHION = InputConvention(mean=(0.286,), std=(0.353,), resize_size=64, crop_size=64, channel_order="L")
 
@@ -85,3 +85,15 @@ def test_a_pretrained_name_wins_over_a_directory_of_that_name(tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     assert input_convention("squeezenet1_1") == IMAGENET, "load_pretrained reads the published weights"
     assert input_convention("./squeezenet1_1") == FASHION
+
+
+def test_saved_class_names_travel_with_the_weights(tmp_path):
+    module = fsq.squeezenet1_1(num_classes=3)
+    fsq.save_pretrained(tmp_path / "mine", random_variables(module), model="squeezenet1_1", num_classes=3,
+                        class_names=["a", "b", "c"])  # fmt: skip
+    assert saved_class_names(tmp_path / "mine") == ["a", "b", "c"]
+    assert saved_class_names(require_shared(NCNN)) is None
+    metadata = json.loads((tmp_path / "mine" / "metadata.json").read_text())
+    (tmp_path / "mine" / "metadata.json").write_text(json.dumps({**metadata, "class_names": "abc"}))
+    with pytest.raises(ValueError, match=r"mine/metadata.json: expected \"class_names\" to be a list of strings"):
+        saved_class_names(tmp_path / "mine")

@@ -175,9 +175,9 @@ def nearest_int8(variables):
 def test_uint8_activations_compute_what_onnxruntime_computes(calibrated):
     """The simulation the weights are fitted in is the int8 ONNX model, to float32 precision."""
     model, variables, images, simulation, nearest, _ = calibrated
-    onnx_int8 = onnx_int8.quantize_int8(fsq.to_onnx(model, nearest), images, ranges_from=fsq.to_onnx(model, variables))
+    int8_model = onnx_int8.quantize_int8(fsq.to_onnx(model, nearest), images, ranges_from=fsq.to_onnx(model, variables))
     expected = simulated_logits(model, nearest, images, simulation)
-    np.testing.assert_allclose(onnx_int8.run_onnx(onnx_int8, images), expected, atol=1e-3 * np.abs(expected).max())
+    np.testing.assert_allclose(onnx_int8.run_onnx(int8_model, images), expected, atol=1e-3 * np.abs(expected).max())
 
 
 def test_adaround_weights_survive_quantize_static_and_fit_the_int8_model_closer(calibrated):

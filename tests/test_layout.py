@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-
 from train_helpers import REPO
 
 LINT_IMPORTS = [sys.executable, "-c", "import sys; from importlinter.cli import lint_imports_command as c; sys.exit(c())"]

@@ -7,9 +7,9 @@ import shutil
 import struct
 
 import pytest
+from train_helpers import tiny_config, train_in_process
 
 from train import reporting
-from train_helpers import tiny_config, train_in_process
 
 
 def log(workdir, rows, resume_step=None):

@@ -11,7 +11,7 @@ import pytest
 import flax_squeezenet as fsq
 from flax_squeezenet.cli import export as export_cli
 from flax_squeezenet.deploy import onnx_int8, tflite
-from flax_squeezenet.weights import conventions
+from flax_squeezenet.weights import conventions, pretrained
 from tests.conftest import require_shared
 from tests.export_helpers import run_cli_error, write_images
 
@@ -54,7 +54,7 @@ def io_details(path):
 @pytest.mark.parametrize("weights", [WEIGHTS, PAPER_WEIGHTS])
 def test_float32_matches_flax_on_photos(tmp_path, weights):
     model, variables = fsq.load_pretrained(require_shared(weights))
-    convention = conventions.input_convention(require_shared(weights))
+    convention = pretrained.input_convention(require_shared(weights))
     images = photos(0, 6)
     path = fsq.save_tflite(model, variables, tmp_path / "model.tflite", preprocessing=convention)
     assert tflite.read_preprocessing(path) == convention  # the paper's file: Caffe's BGR 0-255 minus mean
@@ -101,6 +101,32 @@ def test_float32_variants_match_flax(tmp_path, name, options, image_size):
     assert tflite.read_preprocessing(path) is None
 
 
+@pytest.mark.parametrize(
+    ("options", "convention"),
+    [
+        (dict(num_classes=4), conventions.InputConvention(mean=(0.2, 0.5, 0.7), std=(0.3, 0.2, 0.1), resize_size=32,
+                                                          crop_size=32, channel_order="BGR")),
+        (dict(num_classes=4, in_channels=1), conventions.InputConvention(mean=(0.3,), std=(0.35,), resize_size=32,
+                                                                         crop_size=32, channel_order="L")),
+    ],
+)
+def test_file_with_a_convention_takes_pixels_and_normalizes_them_itself(tmp_path, options, convention):
+    model, variables = random_model(**options)
+    pixels = np.random.default_rng(0).random((3, 32, 32, model.in_channels)).astype(np.float32)  # RGB or L in [0, 1]
+    order = slice(None, None, -1) if convention.channel_order == "BGR" else slice(None)
+    normalized = (pixels[..., order] - np.asarray(convention.mean)) / np.asarray(convention.std)
+    path = fsq.save_tflite(model, variables, tmp_path / "m.tflite", image_size=32, preprocessing=convention)
+    expected = np.asarray(model.apply(variables, normalized.astype(np.float32)))
+    interpreter = Interpreter(model_path=str(path))
+    interpreter.resize_tensor_input(0, [3, 32, 32, model.in_channels])
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], pixels)
+    interpreter.invoke()
+    got = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    assert np.abs(got - expected).max() <= float_tolerance(expected)
+    np.testing.assert_allclose(tflite.run_tflite(path, normalized), got, rtol=1e-5, atol=1e-5)
+
+
 def test_int8_agrees_with_float_on_held_back_photos(tmp_path):
     model, variables = fsq.load_pretrained(require_shared(WEIGHTS))
     calibration, checked = photos(0, CALIBRATION_PHOTOS), photos(CALIBRATION_PHOTOS, CHECKED_PHOTOS)
@@ -108,20 +134,20 @@ def test_int8_agrees_with_float_on_held_back_photos(tmp_path):
     result = onnx_int8.agreement(onnx_int8.flax_logits(model, variables, checked), tflite.run_tflite(path, checked))
     assert result.top1_agreement >= MIN_AGREEMENT, result
     source, target = io_details(path)
-    assert source["dtype"] == target["dtype"] == np.int8
+    assert source["dtype"] == target["dtype"] == np.uint8  # what MediaPipe accepts
     assert list(source["shape_signature"]) == [1, 224, 224, 3]
     assert {"CONV_2D", "MAX_POOL_2D", "CONCATENATION"} <= set(operators(path))
     assert path.stat().st_size < 1.5e6
 
 
 
-def test_one_channel_int8_has_int8_input_and_output(tmp_path):
+def test_one_channel_int8_has_uint8_input_and_output(tmp_path):
     model, variables = random_model(num_classes=10, in_channels=1)
     files = onnx_int8.image_files(write_images(tmp_path / "images", 12, mode="L"))
     images = onnx_int8.preprocess_for_model(files, channels=1, image_size=32, mean=(0.3,), std=(0.35,))
     path = fsq.save_tflite(model, variables, tmp_path / "m.tflite", int8=True, calibration=images, image_size=32)
     source, target = io_details(path)
-    assert source["dtype"] == target["dtype"] == np.int8
+    assert source["dtype"] == target["dtype"] == np.uint8  # what MediaPipe accepts
     assert list(target["shape"]) == [1, 10]
     expected = onnx_int8.flax_logits(model, variables, images)
     got = tflite.run_tflite(path, images)
@@ -145,7 +171,7 @@ def test_cli_int8_reports_held_back_agreement(tmp_path, capsys):
     assert export_cli.main([*argv, "--image-size", "32", "--output", str(output)]) == 0, capsys.readouterr().err
     assert "on 2 held-back images: top-1 agreement" in capsys.readouterr().out
     source, target = io_details(output)
-    assert source["dtype"] == target["dtype"] == np.int8
+    assert source["dtype"] == target["dtype"] == np.uint8  # what MediaPipe accepts
     assert tflite.read_preprocessing(output) == conventions.InputConvention(resize_size=32, crop_size=32)
     assert list(source["shape_signature"]) == [-1, 32, 32, 3]
 

@@ -7,12 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from train_helpers import run_training, tiny_config, train_in_process
 
 import flax_squeezenet
 from train import parallel, run, steps
 from train.averaging import average_weights, model_params
 from train.evaluate import evaluate
-from train_helpers import run_training, tiny_config, train_in_process
 
 AVERAGED = dict(average_from_step=6, schedule="constant", warmup_steps=0,
                 num_train_steps=12, eval_every_steps=12, checkpoint_every_steps=4)  # fmt: skip

@@ -13,10 +13,10 @@ import signal
 import subprocess
 
 import pytest
+from train_helpers import REPO, subprocess_env, tiny_config, train_command, train_in_process
 
 import flax_squeezenet
 from train import checkpoints, evaluate, run, save_model, trainer, workdir
-from train_helpers import REPO, subprocess_env, tiny_config, train_command, train_in_process
 
 CONFIG = tiny_config(num_train_steps=8, eval_every_steps=8)
 # Python's writers say "File too large"; TensorStore's give only the code: either names EFBIG.

@@ -4,9 +4,9 @@ import socket
 import subprocess
 
 import pytest
+from train_helpers import REPO, run_training, subprocess_env, tiny_config, train_command
 
 from train import reporting
-from train_helpers import REPO, run_training, subprocess_env, tiny_config, train_command
 
 CONFIG = tiny_config(num_train_steps=6, log_every_steps=1, eval_every_steps=6, checkpoint_every_steps=3)
 

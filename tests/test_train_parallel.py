@@ -7,7 +7,6 @@ of each variant from the same initial state on the same batches.
 import json
 
 import pytest
-
 from train_helpers import run_python
 
 PARITY_SCRIPT = r"""

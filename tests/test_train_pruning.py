@@ -17,12 +17,12 @@ import jax
 import numpy as np
 import optax
 import pytest
+from train_helpers import REPO, run_python, subprocess_env, tiny_config, train_command, train_in_process
 
 import flax_squeezenet
 from flax_squeezenet.compression import pruning
 from train import optim, run, workdir
 from train.configs import validation
-from train_helpers import REPO, run_python, subprocess_env, tiny_config, train_command, train_in_process
 
 LAYER_OVERRIDES = {"classifier": 0.5}
 # begin 1, frequency 3, end 8 (2/3 of 12): masks at steps 1, 4, 7 and, the span not being a multiple of 3, at 8.

@@ -3,10 +3,10 @@
 import jax
 import numpy as np
 import pytest
+from train_helpers import run_training, tiny_config, train_in_process
 
 import flax_squeezenet
 from train import reporting
-from train_helpers import run_training, tiny_config, train_in_process
 
 
 def _config(num_train_steps: int):

@@ -12,9 +12,9 @@ import time
 import jax
 import numpy as np
 import pytest
+from train_helpers import REPO, run_training, subprocess_env, tiny_config, train_command
 
 import flax_squeezenet
-from train_helpers import REPO, run_training, subprocess_env, tiny_config, train_command
 
 CONFIG = tiny_config(num_train_steps=60, checkpoint_every_steps=5, eval_every_steps=30, log_every_steps=5,
                      dropout_rate=0.5, augment="crop_flip")  # fmt: skip

@@ -7,12 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import GREY
+from train_helpers import run_training, tiny_config, train_in_process
 
 import flax_squeezenet
-from conftest import GREY
 from flax_squeezenet.compression.trained_sharing import SNAP_UPDATES, with_shared_weights
 from train import run
-from train_helpers import run_training, tiny_config, train_in_process
 
 BITS = 2
 

@@ -8,10 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from train_helpers import tiny_config
 
 from train import configs, input_pipeline, optim, parallel, run, steps
 from train.configs import default, validation
-from train_helpers import tiny_config
 
 
 @pytest.mark.parametrize("name", configs.PRESETS)

@@ -21,7 +21,7 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("int8 and fixed shapes")
     group.add_argument(
         "--int8", action="store_true",
-        help="static int8 quantization (ONNX: QDQ; tflite: full-integer, int8 input and output); needs --calibration",
+        help="static int8 quantization (ONNX: QDQ; tflite: full-integer, uint8 input and output); needs --calibration",
     )  # fmt: skip
     group.add_argument(
         "--calibration", metavar="IMAGES",
@@ -79,8 +79,10 @@ def calibration_convention(args: argparse.Namespace, module, convention: InputCo
     return dataclasses.replace(convention, crop_size=size, resize_size=RESIZE_SIZE if size == CROP_SIZE else size)
 
 
-def export(args: argparse.Namespace, module, variables, convention: InputConvention | None) -> str:
-    """Write the int8 or fixed-shape ONNX export the options ask for; the line that reports its check.
+def export(args: argparse.Namespace, module, variables, convention: InputConvention | None,
+           class_names: list[str] | None) -> str:  # fmt: skip
+    """Write the int8 or fixed-shape ONNX export the options ask for, with `class_names`; the line
+    that reports its check.
 
     Calibration and the check prepare images by the weights' own input `convention`.
     """
@@ -94,6 +96,7 @@ def export(args: argparse.Namespace, module, variables, convention: InputConvent
         path = save_onnx(
             module, variables, args.output, preprocessing=convention, int8=True,
             calibration=calibration, input_shape=args.input_shape, weight_rounding=args.weight_rounding,
+            class_names=class_names,
         )  # fmt: skip
         result = onnx_int8.agreement(
             onnx_int8.flax_logits(module, variables, held_back), onnx_int8.run_onnx(path, held_back)
@@ -102,7 +105,8 @@ def export(args: argparse.Namespace, module, variables, convention: InputConvent
             f"wrote int8 {path}; vs Flax on {result.images} held-back images: top-1 agreement "
             f"{100 * result.top1_agreement:.1f}%, max |logit difference| {result.max_logit_difference:.2f}"
         )
-    path = save_onnx(module, variables, args.output, preprocessing=convention, input_shape=args.input_shape)
+    path = save_onnx(module, variables, args.output, preprocessing=convention, input_shape=args.input_shape,
+                     class_names=class_names)  # fmt: skip
     batch, channels, height, width = args.input_shape
     images = np.random.default_rng(0).standard_normal((batch, height, width, channels)).astype(np.float32)
     result = onnx_int8.agreement(onnx_int8.flax_logits(module, variables, images), onnx_int8.run_onnx(path, images))
@@ -110,10 +114,11 @@ def export(args: argparse.Namespace, module, variables, convention: InputConvent
     return f"wrote {path} (input {shape}); onnxruntime vs Flax: max |difference| {result.max_logit_difference:.2e}"
 
 
-def export_tflite(args: argparse.Namespace, module, variables, convention: InputConvention | None) -> str:
-    """Write the LiteRT export the options ask for (float32, or int8 with --int8); the line that
-    reports its check against the Flax model. Calibration prepares images by the weights' own
-    input `convention`."""
+def export_tflite(args: argparse.Namespace, module, variables, convention: InputConvention | None,
+                  class_names: list[str] | None) -> str:  # fmt: skip
+    """Write the LiteRT export the options ask for (float32, or int8 with --int8), with
+    `class_names` as its labels; the line that reports its check against the Flax model.
+    Calibration prepares images by the weights' own input `convention`."""
     check_options(args, module)
     convention = calibration_convention(args, module, convention)
     size = args.image_size or (CROP_SIZE if convention is None else convention.crop_size)
@@ -129,7 +134,8 @@ def export_tflite(args: argparse.Namespace, module, variables, convention: Input
         if height != width:
             raise ValueError(f"expected a square --input-shape for --int8 (H = W), got {height}x{width}")
         result = tflite.save_tflite_from_folder(
-            module, variables, args.output, args.calibration, preprocessing=convention, batch=batch
+            module, variables, args.output, args.calibration, preprocessing=convention, batch=batch,
+            class_names=class_names,
         )
         return (
             f"wrote int8 {files.user_path(args.output)} (input {shape}); vs Flax on {result.images} held-back "
@@ -140,7 +146,7 @@ def export_tflite(args: argparse.Namespace, module, variables, convention: Input
     images = images.astype(np.float32)
     with files.atomic_file(args.output) as staging:
         tflite.save_tflite(module, variables, staging, image_size=(height, width), batch=batch,
-                           preprocessing=convention)  # fmt: skip
+                           preprocessing=convention, class_names=class_names)  # fmt: skip
         result = onnx_int8.agreement(onnx_int8.flax_logits(module, variables, images), tflite.run_tflite(staging, images))
     return (
         f"wrote {files.user_path(args.output)} (float32, input {shape}); LiteRT vs Flax: "

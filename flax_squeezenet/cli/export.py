@@ -21,8 +21,9 @@ from flax_squeezenet.cli.common import OneLineErrorParser, positive_int, quiet_l
 from flax_squeezenet.deploy.onnx import save_onnx
 from flax_squeezenet.storage import files
 from flax_squeezenet.storage.download import DownloadError
+from flax_squeezenet.weights.imagenet import NUM_CLASSES, imagenet_class_names
 from flax_squeezenet.weights.preprocess import CROP_SIZE
-from flax_squeezenet.weights.pretrained import PRETRAINED, input_convention, load_pretrained
+from flax_squeezenet.weights.pretrained import PRETRAINED, input_convention, load_pretrained, saved_class_names
 from flax_squeezenet.zoo.models import MODELS, create_model
 
 PROG = "squeezenet-export"
@@ -90,6 +91,24 @@ def load_module(args: argparse.Namespace):
     return load_pretrained(args.weights, model=args.model, num_classes=args.num_classes)
 
 
+def class_names(source: str | None, module) -> list[str] | None:
+    """The names of the model's classes for the exported file: those saved with the weights, else
+    ImageNet's for a 1,000-class head of published or converted weights (a warning and None when
+    they cannot be had offline), else None (random init, or a new head of --num-classes)."""
+    if source is None:
+        return None
+    saved = saved_class_names(source)
+    if saved is not None:
+        return saved if len(saved) == module.num_classes else None
+    if module.num_classes != NUM_CLASSES:
+        return None
+    try:
+        return imagenet_class_names()
+    except (DownloadError, ValueError) as error:
+        print(f"{PROG}: warning: the file carries no class names ({error})", file=sys.stderr)
+        return None
+
+
 def check_export(path: str, module, variables, image_size: int) -> float:
     """Largest |onnxruntime - Flax| logit difference on two random images of `image_size` pixels."""
     import onnxruntime
@@ -122,15 +141,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError(f"--image-size must be at least {module.min_input_size}, got {args.image_size}")
         source = None if args.random_init else args.weights or args.model or DEFAULT_MODEL
         convention = None if source is None else input_convention(source)
+        names = class_names(source, module)
         if args.format == "tflite":
-            print(device_export.export_tflite(args, module, variables, convention))
+            print(device_export.export_tflite(args, module, variables, convention, names))
             return 0
         if args.int8 or args.calibration or args.input_shape:
-            print(device_export.export(args, module, variables, convention))
+            print(device_export.export(args, module, variables, convention, names))
             return 0
         image_size = args.image_size or (CROP_SIZE if convention is None else convention.crop_size)
         with files.atomic_file(args.output) as staging:
-            save_onnx(module, variables, staging, preprocessing=convention)
+            save_onnx(module, variables, staging, preprocessing=convention, class_names=names)
             difference = check_export(str(staging), module, variables, image_size)
     except (OSError, ValueError, ImportError, DownloadError) as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)

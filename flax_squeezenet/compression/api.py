@@ -18,7 +18,7 @@ from flax_squeezenet.compression.adaptive import adaround_shared
 from flax_squeezenet.compression.finetune import stored_input
 from flax_squeezenet.compression.rounding import WEIGHT_ROUNDINGS
 from flax_squeezenet.compression.sharing import share_weights
-from flax_squeezenet.weights import conventions, netfile, pretrained, sqz
+from flax_squeezenet.weights import netfile, pretrained, sqz
 from flax_squeezenet.weights.compressed import CompressedModel, check_bits
 from flax_squeezenet.weights.deepcompression import fold_caffe_input, load_deep_compression
 from flax_squeezenet.zoo.models import MODELS, SqueezeNet
@@ -123,7 +123,7 @@ def compress(
         leaves = adaround_shared(module, flat, leaves, stored_input(np.asarray(images, np.float32), convention), progress)
     kwargs = {key: getattr(module, key) for key, default in (("in_channels", 3), ("classifier_padding", 0))
               if getattr(module, key) != default}  # fmt: skip
-    return CompressedModel(variant_name(module), kwargs, convention, leaves, conventions.input_convention(weights))
+    return CompressedModel(variant_name(module), kwargs, convention, leaves, pretrained.input_convention(weights))
 
 
 def save_compressed(compressed: CompressedModel, path: str | os.PathLike, *, format: str | None = None) -> pathlib.Path:

@@ -5,6 +5,11 @@ Relu, MaxPool (3x3/2, ceil_mode=1), Concat, Add (bypass), GlobalAveragePool and 
 dynamic batch dimension. Input "images" (batch, channels, height, width) float32, normalised as
 for the Flax model; output "logits" (batch, num_classes) float32. Needs the `onnx` package
 (the `export` extra); the rest of the library does not.
+
+What a deployment needs to feed the model and name its outputs is in the model's metadata_props
+(`onnxruntime.InferenceSession(path).get_modelmeta().custom_metadata_map`), as JSON strings:
+"preprocessing" {"mean", "std" (per channel, on pixels scaled to [0, 1]), "resize_size",
+"crop_size", "channel_order"} and "class_names" [name of class 0, name of class 1, ...].
 """
 
 from __future__ import annotations
@@ -131,6 +136,7 @@ def save_onnx(
     calibration: Any = None,
     input_shape: Sequence[int] | None = None,
     weight_rounding: str = "nearest",
+    class_names: Sequence[str] | None = None,
 ) -> pathlib.Path:
     """Write the ONNX export of `module` with `variables` to `path` (whole or not at all, mode per umask).
 
@@ -143,7 +149,8 @@ def save_onnx(
     the batch and image size are free. `weight_rounding` "adaround" rounds the int8 weights up or
     down, layer after layer, to reproduce each layer's float output on the calibration images as
     the int8 model computes it (`int8_rounding`; slower to write; its accuracy against "nearest" is
-    in BENCHMARKS.md).
+    in BENCHMARKS.md). `class_names` (one per class) are stored as the model property "class_names"
+    (JSON list; see the module docstring).
     """
     import onnx
 
@@ -151,6 +158,8 @@ def save_onnx(
 
     if int8 != (calibration is not None):
         raise ValueError("int8=True and calibration go together (a folder, image files or prepared images)")
+    if class_names is not None and len(class_names) != module.num_classes:
+        raise ValueError(f"expected {module.num_classes} class names (one per class), got {len(class_names)}")
     if weight_rounding not in WEIGHT_ROUNDINGS:
         raise ValueError(f"expected weight_rounding one of {', '.join(WEIGHT_ROUNDINGS)}, got {weight_rounding!r}")
 
@@ -166,8 +175,10 @@ def save_onnx(
             model = onnx_int8.quantize_int8(rounded, images, ranges_from=model)
         else:
             model = onnx_int8.quantize_int8(model, images)
-    if preprocessing is not None:
-        onnx.helper.set_model_props(model, {"preprocessing": json.dumps(preprocessing.to_dict())})
+    properties = {} if preprocessing is None else {"preprocessing": json.dumps(preprocessing.to_dict())}
+    if class_names is not None:
+        properties["class_names"] = json.dumps(list(class_names))
+    onnx.helper.set_model_props(model, properties)
     with files.atomic_file(path) as temporary:
         onnx.save(model, temporary)
     return files.user_path(path)

@@ -7,15 +7,27 @@ the ONNX writer (`flax_squeezenet.deploy.onnx`) does.
 The graph computes `SqueezeNet.apply` in eval mode on NHWC input "images" and returns "logits"
 (batch, num_classes): CONV_2D with fused RELU (kernels OHWI), MAX_POOL_2D (ceil mode as SAME
 padding for even sizes, VALID for odd ones, PADV2 with the lowest value otherwise), CONCATENATION,
-ADD (bypass), PAD for a padded classifier, MEAN over height and width, RESHAPE. The int8 file has
-int8 input and output, int8 activations (ranges from the float model on calibration images) and
-per-channel symmetric int8 weights with int32 biases, corrected for the mean error the weights'
-rounding adds to each output channel on calibration images (Nagel et al. 2019, "Data-Free
-Quantization", empirical bias correction; tests/test_tflite.py::
-test_int8_agrees_with_float_on_held_back_photos); each Fire module's concatenation and both
-its expand convolutions share one quantization, as TFLite's int8 CONCATENATION requires. Needs
-`ai-edge-litert` (the `litert` extra); the rest of the library does not. A file carries the
-weights' preprocessing as the metadata entry "preprocessing" (`read_preprocessing`).
+ADD (bypass), PAD for a padded classifier, MEAN over height and width, RESHAPE.
+
+A file written with the weights' input convention (`preprocessing`) is one an app loads as it is:
+its input is the resized, center-cropped RGB (or grayscale) pixels scaled to [0, 1], the
+convention's mean, std and channel order folded into the stem convolution (MediaPipe normalizes
+with one mean and std for all channels), and it carries LiteRT model metadata
+(`flax_squeezenet.tflite_metadata`): that normalization, the colour space, the class names as
+its labels file, a name and a description, so MediaPipe's `ImageClassifier` runs it with no
+option and names the classes (tests/test_mediapipe.py); its scores are the logits. It also
+carries the convention as the metadata entry "preprocessing" (`read_preprocessing`). Without a
+convention the input is the model's own.
+
+The int8 file is full-integer: uint8 input (0-255 pixels with a convention, else the calibrated
+range) and uint8 logits, which MediaPipe accepts, QUANTIZE ops to and from int8 inside, int8
+activations (ranges from the float model on calibration images) and per-channel symmetric int8
+weights with int32 biases, corrected for the mean error the weights' rounding adds to each
+output channel on calibration images (Nagel et al. 2019, "Data-Free Quantization", empirical
+bias correction; tests/test_tflite.py::test_int8_agrees_with_float_on_held_back_photos); each
+Fire module's concatenation and both its expand convolutions share one quantization, as TFLite's
+int8 CONCATENATION requires. Needs `ai-edge-litert` (the `litert` extra); the rest of the library
+does not.
 """
 
 from __future__ import annotations
@@ -31,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flax_squeezenet.deploy import onnx_int8
+from flax_squeezenet.deploy import onnx_int8, tflite_metadata
 from flax_squeezenet.storage import files
 from flax_squeezenet.weights.conventions import InputConvention
 from flax_squeezenet.weights.preprocess import CROP_SIZE
@@ -43,6 +55,8 @@ INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
 METADATA_PREPROCESSING = "preprocessing"  # the metadata entry holding the input convention (JSON)
 INT8_MIN, INT8_MAX = -128, 127
+UINT8_OFFSET = 128  # a uint8 zero point is the int8 one plus this (same scale): QUANTIZE shifts exactly
+PIXEL_RANGE = (0.0, 1.0)  # the input of a file with a convention: pixels / 255
 # An inner activation's int8 range ends at the largest per-image 99.99th percentile, not at the
 # largest value: the few larger values saturate and the rest get a finer scale. The input and the
 # logits keep their whole range (tests/test_tflite.py::test_int8_agrees_with_float_on_held_back_photos).
@@ -52,7 +66,7 @@ RANGE_QUANTILE = 0.9999
 FLOAT_VERSIONS = {"CONV_2D": 1, "MAX_POOL_2D": 1, "CONCATENATION": 1, "ADD": 1, "PAD": 1, "PADV2": 1,
                   "MEAN": 1, "RESHAPE": 1}  # fmt: skip
 INT8_VERSIONS = {"CONV_2D": 3, "MAX_POOL_2D": 2, "CONCATENATION": 2, "ADD": 2, "PAD": 2, "PADV2": 2,
-                 "MEAN": 2, "RESHAPE": 1}  # fmt: skip
+                 "MEAN": 2, "RESHAPE": 1, "QUANTIZE": 1}  # fmt: skip
 
 
 def require_litert() -> Any:
@@ -163,13 +177,14 @@ class CalibrationStatistics:
 
 
 def calibration_statistics(
-    module: SqueezeNet, variables: Mapping[str, Any], images_nhwc: np.ndarray, batch: int = onnx_int8.CALIBRATION_BATCH
+    module: SqueezeNet, variables: Mapping[str, Any], images_nhwc: np.ndarray, batch: int = onnx_int8.CALIBRATION_BATCH,
+    input_range: tuple[float, float] | None = None,
 ) -> CalibrationStatistics:
     """The statistics of the float model on `images_nhwc` that the int8 writer quantizes with.
 
-    Ranges are min and max for the input and the logits; inside, min and the largest per-image
-    `RANGE_QUANTILE`. An expand convolution's range is its Fire module's concatenation's (they
-    share a quantization).
+    Ranges are min and max for the input (or `input_range` when the input's range is known) and
+    the logits; inside, min and the largest per-image `RANGE_QUANTILE`. An expand convolution's
+    range is its Fire module's concatenation's (they share a quantization).
     """
     params = variables.get("params", variables)
 
@@ -194,8 +209,41 @@ def calibration_statistics(
         if layer.kind == "fire":
             for conv in layer.convs[1:]:
                 ranges[conv.name] = ranges[f"{layer.name}/concat"]
+    if input_range is not None:
+        ranges[INPUT_NAME] = input_range
     input_means = {name: np.average([m[name] for _, m in chunks], axis=0, weights=weights) for name in chunks[0][1]}
     return CalibrationStatistics(ranges, input_means)
+
+
+def _convention_arrays(convention: InputConvention) -> tuple[np.ndarray, np.ndarray, slice]:
+    """(mean, std) in the convention's channel order, and the slice taking RGB to that order."""
+    order = slice(None, None, -1) if convention.channel_order == "BGR" else slice(None)
+    return np.asarray(convention.mean, np.float64), np.asarray(convention.std, np.float64), order
+
+
+def with_normalization_folded(module: SqueezeNet, variables: Mapping[str, Any],
+                              convention: InputConvention) -> dict[str, Any]:  # fmt: skip
+    """The parameters of the model that computes `module` on `convention`'s normalized input from
+    pixels in [0, 1] (RGB, or grayscale): mean, std and channel order folded into the stem
+    convolution, exactly, since it has no padding."""
+    stem = module.plan[0]
+    if stem.kind != "conv" or stem.convs[0].padding:
+        raise ValueError(f"expected the model to start with an unpadded convolution, got {stem.name} ({stem.kind})")
+    params = dict(variables.get("params", variables))
+    (name,) = stem.convs[0].path
+    kernel, bias = np.asarray(params[name]["kernel"], np.float64), np.asarray(params[name]["bias"], np.float64)
+    mean, std, order = _convention_arrays(convention)
+    folded_bias = bias - np.einsum("hwio,i->o", kernel, mean / std)
+    folded_kernel = (kernel / std[None, None, :, None])[:, :, order, :]
+    params[name] = {"kernel": folded_kernel.astype(np.float32), "bias": folded_bias.astype(np.float32)}
+    return {"params": params}
+
+
+def to_pixels(images_nhwc: np.ndarray, convention: InputConvention) -> np.ndarray:
+    """Images normalized by `convention` back to its pixels in [0, 1] (RGB, or grayscale): the
+    input of a file written with that convention."""
+    mean, std, order = _convention_arrays(convention)
+    return (np.asarray(images_nhwc, np.float64) * std + mean)[..., order].astype(np.float32)
 
 
 def _activation_quantization(schema: Any, low: float, high: float) -> Any:
@@ -348,10 +396,28 @@ class _Writer:
                                self.activation_quantization(OUTPUT_NAME))  # fmt: skip
         axes = self.constant(f"{OUTPUT_NAME}/axes", np.asarray([1, 2], np.int32))
         self.operator("MEAN", [x, axes], mean, "ReducerOptions", self.schema.ReducerOptionsT(keepDims=True))
-        output = self.activation(OUTPUT_NAME, (batch, channels), self.quantization_of(mean))
+        name = f"{OUTPUT_NAME}/int8" if self.int8 else OUTPUT_NAME  # int8: the uint8 output follows
+        output = self.activation(name, (batch, channels), self.quantization_of(mean))
         shape = self.constant(f"{OUTPUT_NAME}/shape", np.asarray([-1, channels], np.int32))
         options = self.schema.ReshapeOptionsT(newShape=[-1, channels])
         return self.operator("RESHAPE", [mean, shape], output, "ReshapeOptions", options)
+
+    def uint8_input(self, shape: Sequence[int]) -> tuple[_Tensor, _Tensor]:
+        """(the uint8 input, the int8 tensor its QUANTIZE gives the graph): one scale, zero points 128 apart."""
+        quantization = self.activation_quantization(INPUT_NAME)
+        source = self._add_tensor(INPUT_NAME, shape, self.schema.TensorType.UINT8, self._as_uint8(quantization))
+        images = self.activation(f"{INPUT_NAME}/int8", shape, quantization)
+        return source, self.operator("QUANTIZE", [source], images, "QuantizeOptions", self.schema.QuantizeOptionsT())
+
+    def uint8_output(self, x: _Tensor) -> _Tensor:
+        """The int8 tensor `x` as the uint8 output `OUTPUT_NAME` (QUANTIZE: same scale, zero point + 128)."""
+        quantization = self._as_uint8(self.quantization_of(x))
+        output = self._add_tensor(OUTPUT_NAME, x.shape, self.schema.TensorType.UINT8, quantization)
+        return self.operator("QUANTIZE", [x], output, "QuantizeOptions", self.schema.QuantizeOptionsT())
+
+    def _as_uint8(self, quantization: Any) -> Any:
+        return self.schema.QuantizationParametersT(scale=list(quantization.scale),
+                                                   zeroPoint=[quantization.zeroPoint[0] + UINT8_OFFSET])  # fmt: skip
 
     def activation_quantization(self, name: str) -> Any:
         """int8 parameters of the tensor `name` from its calibrated range (None for float32)."""
@@ -393,22 +459,25 @@ def to_tflite(
     module: SqueezeNet,
     variables: Mapping[str, Any],
     *,
-    statistics: CalibrationStatistics | None = None,
+    calibration: np.ndarray | None = None,
     image_size: int | tuple[int, int] = CROP_SIZE,
     batch: int | None = None,
     preprocessing: InputConvention | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> bytes:
-    """The TFLite flatbuffer computing `module.apply(variables, images)` (eval mode) on NHWC input.
+    """The TFLite file computing `module.apply(variables, images)` (eval mode) on NHWC input.
 
-    float32 without `statistics`; with them (`calibration_statistics`), full-integer int8 with int8
-    input and output. The input is (batch, height, width, channels) at `image_size`; `batch=None`
-    writes batch 1 that the interpreter may resize (`resize_tensor_input`), an int fixes it.
-    `preprocessing` (the weights' input convention) is stored as the metadata entry
-    "preprocessing" (JSON, as the ONNX export's model property; `read_preprocessing` reads it).
+    float32 without `calibration`; with it (NHWC images prepared as for the model), full-integer
+    int8 with uint8 input and output (see the module docstring). The input is (batch, height,
+    width, channels) at `image_size`; `batch=None` writes batch 1 that the interpreter may resize
+    (`resize_tensor_input`; MediaPipe needs batch 1), an int fixes it. With `preprocessing` (the
+    weights' input convention) the file takes pixels in [0, 1] and carries the metadata an app
+    reads (module docstring); `class_names` (one per class) become its labels file.
 
     Raises:
       ValueError: `variables` lack a parameter the module needs or have it in another shape (the
-        first one is named), or the image size is under the model's minimum.
+        first one is named), the image size is under the model's minimum, or the class names
+        are not one non-empty line per class.
     """
     schema = require_litert()
     import flatbuffers
@@ -418,15 +487,51 @@ def to_tflite(
         raise ValueError(f"expected height and width of at least {module.min_input_size}, got {height}x{width}")
     if batch is not None and batch < 1:
         raise ValueError(f"expected a positive batch size, got {batch}")
+    labels = None if class_names is None else tflite_metadata.labels_file(class_names, module.num_classes)
+    statistics = None
+    if preprocessing is not None:
+        variables = with_normalization_folded(module, variables, preprocessing)
+        calibration = None if calibration is None else to_pixels(calibration, preprocessing)
+    if calibration is not None:
+        input_range = None if preprocessing is None else PIXEL_RANGE
+        statistics = calibration_statistics(module, variables, calibration, input_range=input_range)
     writer = _Writer(schema, variables.get("params", variables), statistics, resizable_batch=batch is None)
-    images = writer.activation(INPUT_NAME, (batch or 1, height, width, module.in_channels))
-    logits = _walk(writer, module.plan, images)
-    kind = "int8 (int8 input and output)" if statistics is not None else "float32"
-    description = f"flax-squeezenet {kind}: NHWC images normalised as for the Flax model -> logits"
+    shape = (batch or 1, height, width, module.in_channels)
+    if writer.int8:
+        source, images = writer.uint8_input(shape)
+        output = writer.uint8_output(_walk(writer, module.plan, images))
+    else:
+        source = writer.activation(INPUT_NAME, shape)
+        output = _walk(writer, module.plan, source)
+    kind = "int8 (uint8 input and output)" if writer.int8 else "float32"
+    description = f"SqueezeNet image classifier, {module.num_classes} classes, {kind}, written by flax-squeezenet"
+    metadata = {tflite_metadata.METADATA_NAME: _model_metadata(module, description, (height, width), preprocessing,
+                                                               class_names)}  # fmt: skip
+    if preprocessing is not None:
+        metadata[METADATA_PREPROCESSING] = json.dumps(preprocessing.to_dict()).encode()
     builder = flatbuffers.Builder(1024)
-    metadata = {} if preprocessing is None else {METADATA_PREPROCESSING: json.dumps(preprocessing.to_dict()).encode()}
-    builder.Finish(writer.model(images, logits, description, metadata).Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
+    builder.Finish(writer.model(source, output, description, metadata).Pack(builder), file_identifier=b"TFL3")
+    associated = {} if labels is None else {tflite_metadata.LABELS_FILE: labels}
+    return tflite_metadata.with_associated_files(bytes(builder.Output()), associated)
+
+
+def _model_metadata(module: SqueezeNet, description: str, size: tuple[int, int],
+                    preprocessing: InputConvention | None, class_names: Sequence[str] | None) -> bytes:  # fmt: skip
+    """The "TFLITE_METADATA" of the file `to_tflite` writes; its input described only with a convention."""
+    image = None
+    if preprocessing is not None:
+        height, width = size
+        image = tflite_metadata.ImageInput(
+            name=INPUT_NAME, color_space="GRAYSCALE" if module.in_channels == 1 else "RGB", width=width,
+            height=height, mean=(0.0,), std=(255.0,),
+            description=f"{'grayscale' if module.in_channels == 1 else 'RGB'} pixels / 255 of the shorter side resized "
+                        f"to {preprocessing.resize_size} and a {preprocessing.crop_size} center crop",
+        )  # fmt: skip
+    return tflite_metadata.model_metadata(
+        name=f"SqueezeNet ({module.num_classes} classes)", description=description, image=image,
+        output_name=OUTPUT_NAME, output_description="the logits (a softmax over them gives the probabilities)",
+        class_names=class_names,
+    )  # fmt: skip
 
 
 def save_tflite(
@@ -439,28 +544,32 @@ def save_tflite(
     image_size: int | tuple[int, int] = CROP_SIZE,
     batch: int | None = None,
     preprocessing: InputConvention | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> pathlib.Path:
     """Write the LiteRT export of `module` to `path` (whole or not at all, mode per umask).
 
     With `int8`, a full-integer model calibrated on `calibration` (NHWC float32 images prepared as
-    for the model). `image_size`, `batch` and `preprocessing` as for `to_tflite`.
+    for the model). `image_size`, `batch`, `preprocessing` and `class_names` as for `to_tflite`.
     """
     if int8 != (calibration is not None):
         raise ValueError("int8 export needs calibration images, and calibration images need int8=True")
-    statistics = None if calibration is None else calibration_statistics(module, variables, calibration)
-    content = to_tflite(module, variables, statistics=statistics, image_size=image_size, batch=batch,
-                        preprocessing=preprocessing)  # fmt: skip
+    content = to_tflite(module, variables, calibration=calibration, image_size=image_size, batch=batch,
+                        preprocessing=preprocessing, class_names=class_names)  # fmt: skip
     with files.atomic_file(path) as temporary:
         temporary.write_bytes(content)
     return files.user_path(path)
 
 
 def run_tflite(path: str | os.PathLike, images_nhwc: np.ndarray, num_threads: int | None = None) -> np.ndarray:
-    """float32 logits of the LiteRT model at `path` on NHWC float images (int8 models: quantized
-    input, dequantized output), in the `ai_edge_litert` interpreter."""
+    """float32 logits of the LiteRT model at `path` on NHWC float images prepared as for the model
+    (turned into the file's pixels when it carries a convention; int8 files: quantized input,
+    dequantized output), in the `ai_edge_litert` interpreter."""
     require_litert()
     from ai_edge_litert.interpreter import Interpreter
 
+    convention = read_preprocessing(path)
+    if convention is not None:
+        images_nhwc = to_pixels(images_nhwc, convention)
     interpreter = Interpreter(model_path=os.fspath(path), num_threads=num_threads)
     (source,), (target,) = interpreter.get_input_details(), interpreter.get_output_details()
     batch = len(images_nhwc) if -1 in source["shape_signature"][:1] else int(source["shape"][0])
@@ -491,14 +600,18 @@ def read_preprocessing(path: str | os.PathLike) -> InputConvention | None:
 
 
 def as_model_input(images: np.ndarray, detail: Mapping[str, Any]) -> np.ndarray:
-    if detail["dtype"] != np.int8:
+    """`images` as the input tensor `detail` (an interpreter's input details) takes them: quantized
+    to its integer type, or as they are for float."""
+    if not np.issubdtype(detail["dtype"], np.integer):
         return images
     scale, zero_point = detail["quantization"]
-    return np.clip(np.round(images / scale) + zero_point, INT8_MIN, INT8_MAX).astype(np.int8)
+    limits = np.iinfo(detail["dtype"])
+    return np.clip(np.round(images / scale) + zero_point, limits.min, limits.max).astype(detail["dtype"])
 
 
 def as_float_output(values: np.ndarray, detail: Mapping[str, Any]) -> np.ndarray:
-    if detail["dtype"] != np.int8:
+    """The output tensor's `values` as float32 (dequantized by `detail`'s quantization when integer)."""
+    if not np.issubdtype(detail["dtype"], np.integer):
         return values
     scale, zero_point = detail["quantization"]
     return (values.astype(np.float32) - zero_point) * scale
@@ -512,13 +625,14 @@ def save_tflite_from_folder(
     *,
     preprocessing: InputConvention | None = None,
     batch: int | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> onnx_int8.Agreement:
     """Write the int8 LiteRT export calibrated on the images in `folder`; compare it on the held-back ones.
 
     The folder is split as the int8 ONNX export splits it, and its images are prepared by
     `preprocessing`, the weights' own input convention (`onnx_int8.calibration_images`: ImageNet's
     by default for 3 channels); the returned `Agreement` compares the written file, in the LiteRT
-    interpreter, with the Flax model on the held-back images.
+    interpreter, with the Flax model on the held-back images. `class_names` as for `to_tflite`.
     """
     require_litert()
     calibration_files, held_back_files = onnx_int8.split_held_back(
@@ -527,5 +641,6 @@ def save_tflite_from_folder(
     calibration = onnx_int8.calibration_images(calibration_files, module.in_channels, preprocessing)
     held_back = onnx_int8.calibration_images(held_back_files, module.in_channels, preprocessing)
     written = save_tflite(module, variables, path, int8=True, calibration=calibration,
-                          image_size=calibration.shape[1], batch=batch, preprocessing=preprocessing)  # fmt: skip
+                          image_size=calibration.shape[1], batch=batch, preprocessing=preprocessing,
+                          class_names=class_names)  # fmt: skip
     return onnx_int8.agreement(onnx_int8.flax_logits(module, variables, held_back), run_tflite(written, held_back))

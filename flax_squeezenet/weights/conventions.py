@@ -6,7 +6,8 @@ An `InputConvention` says how an image becomes the model's input: shorter side r
 `pretrained.input_convention(name_or_path)` gives the one for any source `load_pretrained` reads: torchvision's
 weights and their ncnn export use ImageNet's; the paper's Deep Compression file is fed 227-pixel
 crops (its Caffe input scaling is folded into conv1); a `save_pretrained` directory or Hub repository
-carries its own in its metadata (e.g. a Fashion-MNIST model: "L", 64 px, the dataset's statistics).
+carries its own in its metadata (e.g. a Fashion-MNIST model: "L", 64 px, the dataset's statistics),
+and `saved_class_names` reads the class names saved beside it.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from flax_squeezenet.weights.preprocess import (
 ChannelOrder = Literal["RGB", "BGR", "L"]
 CHANNELS = {"RGB": 3, "BGR": 3, "L": 1}
 PREPROCESSING_KEY = "preprocessing"
+CLASS_NAMES_KEY = "class_names"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,7 +25,13 @@ import orbax.checkpoint as ocp
 
 from flax_squeezenet.storage import download, files
 from flax_squeezenet.weights import convert, deepcompression, ncnn, pth, safetensors_io, sqz
-from flax_squeezenet.weights.conventions import DEEP_COMPRESSION, IMAGENET, PREPROCESSING_KEY, InputConvention
+from flax_squeezenet.weights.conventions import (
+    CLASS_NAMES_KEY,
+    DEEP_COMPRESSION,
+    IMAGENET,
+    PREPROCESSING_KEY,
+    InputConvention,
+)
 from flax_squeezenet.zoo.models import MODELS, SqueezeNet, check_param_shapes, create_model
 
 METADATA_FILE = "metadata.json"
@@ -322,7 +328,7 @@ def load_pretrained(
         `model.safetensors` + `config.json`), an ncnn `.param`/`.bin` file, the paper's Deep
         Compression `.net` file (see `deepcompression` for its Caffe conventions), or
         `hf://owner/repo[@revision]` (a Hub repository in the safetensors layout; needs the `hub`
-        extra). `conventions.input_convention` gives the preprocessing each source expects.
+        extra). `pretrained.input_convention` gives the preprocessing each source expects.
       model: the variant (a key of `MODELS`) to build; by default the checkpoint's (for torchvision
         and ncnn files, v1.0 or v1.1 as told by the first conv's shape).
       num_classes: None keeps the checkpoint's classifier; another number replaces it by a fresh
@@ -366,10 +372,19 @@ def load_pretrained(
     return module, jax.tree_util.tree_map(lambda leaf, spec: jnp.asarray(leaf, spec.dtype), variables, expected)
 
 
-def _saved_convention(directory: pathlib.Path, metadata_file: str) -> InputConvention:
-    path = directory / metadata_file
-    stored = json.loads(path.read_text()).get(PREPROCESSING_KEY)
-    return IMAGENET if stored is None else InputConvention.from_dict(stored, str(path))
+def _saved_metadata(name_or_path: str | os.PathLike, cache_dir: str | os.PathLike | None) -> tuple[dict, str] | None:
+    """(the metadata JSON, its path) of a `save_pretrained` directory or Hub repository; None for other sources."""
+    if isinstance(name_or_path, str) and name_or_path in PRETRAINED:
+        return None
+    if str(name_or_path).startswith(safetensors_io.HUB_PREFIX):
+        path = safetensors_io.hub_directory(str(name_or_path), cache_dir) / safetensors_io.CONFIG_FILE
+    elif safetensors_io.is_safetensors_dir(pathlib.Path(name_or_path)):
+        path = pathlib.Path(name_or_path) / safetensors_io.CONFIG_FILE
+    elif (pathlib.Path(name_or_path) / METADATA_FILE).is_file():
+        path = pathlib.Path(name_or_path) / METADATA_FILE
+    else:
+        return None
+    return json.loads(path.read_text()), str(path)
 
 
 def input_convention(name_or_path: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> InputConvention:
@@ -378,18 +393,26 @@ def input_convention(name_or_path: str | os.PathLike, cache_dir: str | os.PathLi
     Directories and `.sqz` files without one stored (older saves) and every torchvision source give
     `IMAGENET`.
     """
-    if isinstance(name_or_path, str) and name_or_path in PRETRAINED:
-        return IMAGENET
-    if str(name_or_path).startswith(safetensors_io.HUB_PREFIX):
-        return _saved_convention(safetensors_io.hub_directory(str(name_or_path), cache_dir), safetensors_io.CONFIG_FILE)
+    saved = _saved_metadata(name_or_path, cache_dir)
+    if saved is not None:
+        stored, source = saved[0].get(PREPROCESSING_KEY), saved[1]
+        return IMAGENET if stored is None else InputConvention.from_dict(stored, source)
     path = pathlib.Path(name_or_path)
-    if safetensors_io.is_safetensors_dir(path):
-        return _saved_convention(path, safetensors_io.CONFIG_FILE)
-    if (path / METADATA_FILE).is_file():
-        return _saved_convention(path, METADATA_FILE)
     if path.suffix == ".net":
         return DEEP_COMPRESSION
     if path.suffix == ".sqz" and path.is_file():
         return sqz.read_preprocessing(path)
     return IMAGENET
 
+
+def saved_class_names(name_or_path: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> list[str] | None:
+    """The class names saved with the weights (`save_pretrained(..., class_names=...)`); None when
+    the source stores none (torchvision's weights and other files: their classes are ImageNet's).
+
+    Raises ValueError naming the metadata file if its "class_names" is not a list of strings.
+    """
+    saved = _saved_metadata(name_or_path, cache_dir)
+    names = None if saved is None else saved[0].get(CLASS_NAMES_KEY)
+    if names is not None and not (isinstance(names, list) and all(isinstance(name, str) for name in names)):
+        raise ValueError(f"{saved[1]}: expected \"{CLASS_NAMES_KEY}\" to be a list of strings, got {names!r}")
+    return names
