@@ -12,7 +12,6 @@ carries its own in its metadata (e.g. a Fashion-MNIST model: "L", 64 px, the dat
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import pathlib
 from collections.abc import Mapping
@@ -21,6 +20,7 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image
 
+from flax_squeezenet import files, formats, safetensors_io
 from flax_squeezenet.preprocess import (
     CROP_SIZE,
     IMAGENET_MEAN,
@@ -31,7 +31,6 @@ from flax_squeezenet.preprocess import (
     resized_size,
     to_pil,
 )
-from flax_squeezenet import safetensors_io
 
 ChannelOrder = Literal["RGB", "BGR", "L"]
 CHANNELS = {"RGB": 3, "BGR": 3, "L": 1}
@@ -108,7 +107,7 @@ DEEP_COMPRESSION = InputConvention(crop_size=227)
 
 def _saved_convention(directory: pathlib.Path, metadata_file: str) -> InputConvention:
     path = directory / metadata_file
-    stored = json.loads(path.read_text()).get(PREPROCESSING_KEY)
+    stored = files.read_json_object(path, "the weights' metadata").get(PREPROCESSING_KEY)
     return IMAGENET if stored is None else InputConvention.from_dict(stored, str(path))
 
 
@@ -129,9 +128,11 @@ def input_convention(name_or_path: str | os.PathLike, cache_dir: str | os.PathLi
         return _saved_convention(path, safetensors_io.CONFIG_FILE)
     if (path / METADATA_FILE).is_file():
         return _saved_convention(path, METADATA_FILE)
-    if path.suffix == ".net":
+    if not path.is_file():
+        return IMAGENET
+    if formats.file_format(path) == "net":
         return DEEP_COMPRESSION
-    if path.suffix == ".sqz" and path.is_file():
+    if formats.file_format(path) == "sqz":
         from flax_squeezenet.compression.fileformat import read_preprocessing
 
         return read_preprocessing(path)

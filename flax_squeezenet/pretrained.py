@@ -9,14 +9,13 @@ torchvision `.pth` state dict (read without torch or arbitrary unpickling) or an
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
 import pathlib
-import re
 import shutil
 import urllib.parse
-import zipfile
 from typing import Any
 
 import flax.traverse_util
@@ -25,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from flax_squeezenet import convert, deepcompression, download, files, ncnn, pth, safetensors_io
+from flax_squeezenet import convert, deepcompression, download, files, formats, ncnn, pth, safetensors_io, sizes
 from flax_squeezenet.conventions import IMAGENET, InputConvention
 from flax_squeezenet.models import MODELS, SqueezeNet, create_model
 
@@ -282,56 +281,53 @@ def _read_weights(name_or_path: str | os.PathLike, cache_override) -> tuple[str,
 
 
 def _read_local(path: pathlib.Path) -> tuple[str, dict[str, Any], Any]:
-    """(architecture name, saved model options, variables as numpy) from the local file or directory `path`."""
+    """(architecture name, saved model options, variables as numpy) from the local file or directory
+    `path`, its format told by its content (`formats.file_format`)."""
     if path.is_dir() and safetensors_io.is_safetensors_dir(path):
         config, variables = safetensors_io.read_safetensors(path)
         return config["model"], _decode_kwargs(config.get("model_kwargs", {})), variables
     if path.is_dir():
+        _check_not_half_safetensors(path)
         return _read_checkpoint(path)
-    if not zipfile.is_zipfile(path) and path.suffix in (".param", ".bin") and ncnn.ncnn_paths(path)[0].is_file():
-        model, params = ncnn.load_ncnn(path)
-    elif path.suffix == ".net":
-        model, kwargs, params = deepcompression.load_deep_compression(path)
-        return model, kwargs, {"params": params}
-    elif path.suffix == ".sqz":
+    file_format = formats.file_format(path)
+    if file_format == "sqz":
         from flax_squeezenet.compression.fileformat import read_weights  # keeps `import flax_squeezenet` light
 
         return read_weights(path)
+    if file_format == "net":
+        model, kwargs, params = deepcompression.load_deep_compression(path)
+        return model, kwargs, {"params": params}
+    if file_format == "ncnn":
+        model, params = ncnn.load_ncnn(path)
     else:
-        model, params = convert.from_torchvision(pth.load_pth(path))
+        model, params = convert.from_torchvision(pth.load_pth(path, check=functools.partial(_check_torchvision, path)))
     return model, {}, {"params": params}
 
 
-_NAME_ORDER = {"conv1": 0, "squeeze": 0, "expand1x1": 1, "expand3x3": 2, "kernel": 0, "bias": 1, "classifier": 1000}
+def _check_not_half_safetensors(directory: pathlib.Path) -> None:
+    """Raise ValueError naming the file a directory holding one of a safetensors save's two lacks."""
+    pair = (safetensors_io.WEIGHTS_FILE, safetensors_io.CONFIG_FILE)
+    present = [name for name in pair if (directory / name).exists()]
+    if len(present) == 1 and not _is_checkpoint(directory):
+        missing = next(name for name in pair if name not in present)
+        raise ValueError(f"{directory} has {present[0]} but no {missing}: a safetensors save needs both")
 
 
-def _network_order(path: tuple[str, ...]) -> tuple[tuple[int, int], ...]:
-    """Sort key putting parameter paths in the order the network uses them (fire10 after fire9)."""
-
-    def rank(name: str) -> tuple[int, int]:
-        fire = re.fullmatch(r"fire(\d+)(_bypass)?", name)
-        if fire:
-            return int(fire[1]), 1 if fire[2] else 0
-        return _NAME_ORDER.get(name, 2000), 0
-
-    return tuple(rank(name) for name in path)
+def _check_torchvision(path: pathlib.Path, state_dict: dict[str, np.ndarray]) -> None:
+    """Raise ValueError naming `path` unless the declared torchvision state dict has the shapes of
+    the SqueezeNet it describes."""
+    try:
+        model, params = convert.from_torchvision(state_dict)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
+    sizes.check_params(params, model, {}, str(path))
 
 
-def _check_shapes(expected: Any, loaded: Any, model_name: str) -> None:
-    """Raise ValueError naming the first parameter (in network order) that is missing or misfits."""
-    expected_flat = flax.traverse_util.flatten_dict(expected)
-    loaded_flat = flax.traverse_util.flatten_dict(loaded)
-    for path in sorted(expected_flat.keys() | loaded_flat.keys(), key=_network_order):
-        name = "/".join(path)
-        if path not in loaded_flat:
-            raise ValueError(f"parameter {name} is missing from the checkpoint ({model_name} has it)")
-        if path not in expected_flat:
-            raise ValueError(f"parameter {name} is in the checkpoint but not in {model_name}")
-        if tuple(loaded_flat[path].shape) != tuple(expected_flat[path].shape):
-            raise ValueError(
-                f"parameter {name} has shape {tuple(loaded_flat[path].shape)} in the checkpoint, "
-                f"but {model_name} expects {tuple(expected_flat[path].shape)}"
-            )
+def _check_shapes(expected: Any, loaded: Any, model_name: str, source: str = "the checkpoint") -> None:
+    """Raise ValueError naming `source` and the first parameter (in network order) that is missing or misfits."""
+    shapes = {path: leaf.shape for path, leaf in flax.traverse_util.flatten_dict(expected, sep="/").items()}
+    declared = {path: leaf.shape for path, leaf in flax.traverse_util.flatten_dict(loaded, sep="/").items()}
+    sizes.check_declared(declared, shapes, source, model_name)
 
 
 def _without_head(variables: Any) -> Any:

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import tqdm.auto
 
-from flax_squeezenet import conventions, pretrained
+from flax_squeezenet import conventions, formats, pretrained
 from flax_squeezenet.compression import fileformat, netfile, pruning
 from flax_squeezenet.compression.adaptive import adaround_shared
 from flax_squeezenet.compression.compressed import CompressedModel
@@ -56,9 +56,10 @@ def read_source(weights: str | os.PathLike) -> tuple[SqueezeNet, str, dict[str, 
     paper's `.net` and `.sqz` files keep their stored convention, so their shared values stay exact."""
     module, variables = pretrained.load_pretrained(weights)
     path = pathlib.Path(weights)
-    if path.suffix == ".net" and path.is_file():
+    stored_format = formats.file_format(path) if path.is_file() else None
+    if stored_format == "net":
         return module, "caffe_bgr", _flat(load_deep_compression(path, fold_input=False)[2])
-    if path.suffix == fileformat.SUFFIX and path.is_file():
+    if stored_format == "sqz":
         stored = fileformat.read_compressed(path)
         return module, stored.input_convention, _flat(stored.stored_params())
     return module, "torchvision", _flat(variables["params"])
