@@ -131,6 +131,10 @@ def _check_sizes(header: dict, payload_bytes: int, path: str | os.PathLike) -> N
     if len(declared) != len(header["parameters"]):
         raise ValueError(f"{path}: its header lists a parameter twice")
     stated = {key: header[key] for key in ("in_channels", "num_classes") if key in header}
+    for key in stated.keys() & header["model_kwargs"].keys():
+        if stated[key] != header["model_kwargs"][key]:
+            raise ValueError(f"{path}: its header says {key} {stated[key]}, its model_kwargs {key} "
+                             f"{header['model_kwargs'][key]}")  # fmt: skip
     expected = sizes.model_shapes(header["model"], {**header["model_kwargs"], **stated}, str(path))
     sizes.check_declared(declared, expected, str(path), header["model"])
     if sum(entry["bytes"] for entry in header["parameters"]) != payload_bytes:
