@@ -16,6 +16,7 @@ import os
 import pathlib
 import shutil
 import urllib.parse
+from collections.abc import Callable
 from typing import Any
 
 import flax.traverse_util
@@ -177,8 +178,9 @@ def _read_metadata(directory: pathlib.Path) -> dict[str, Any]:
     return metadata
 
 
-def _restore_variables(directory: pathlib.Path) -> Any:
-    """The variables in the Orbax checkpoint `directory`, as numpy arrays of the saved dtypes."""
+def _restore_variables(directory: pathlib.Path, check: Callable[[Any], None]) -> Any:
+    """The variables in the Orbax checkpoint `directory`, as numpy arrays of the saved dtypes;
+    `check` is called with them as declared (`sizes.shape_only` arrays) before anything is read."""
     with ocp.StandardCheckpointer() as checkpointer:
         # Orbax reports damage as AttributeError, ValueError or tensorstore errors depending on
         # which file is missing (tests/test_pretrained_damage.py): any failure here is damage.
@@ -186,11 +188,26 @@ def _restore_variables(directory: pathlib.Path) -> Any:
             leaves = checkpointer.metadata(directory).item_metadata
             if leaves is None:
                 raise ValueError("no readable _METADATA or manifest")
+            declared = jax.tree_util.tree_map(lambda leaf: sizes.shape_only(leaf.shape, leaf.dtype), leaves.tree)
+        except Exception as error:
+            raise _unreadable(directory, error) from None
+        check(declared)
+        try:
             target = jax.tree_util.tree_map(lambda leaf: np.zeros(leaf.shape, leaf.dtype), leaves.tree)
             return checkpointer.restore(directory, target)
         except Exception as error:
-            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-            raise DamagedCheckpointError(f"{directory} is not a readable Orbax checkpoint: {reason}") from None
+            raise _unreadable(directory, error) from None
+
+
+def _unreadable(directory: pathlib.Path, error: Exception) -> DamagedCheckpointError:
+    reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return DamagedCheckpointError(f"{directory} is not a readable Orbax checkpoint: {reason}")
+
+
+def _check_saved(declared: Any, metadata: dict[str, Any], directory: pathlib.Path) -> None:
+    """Raise ValueError naming `directory` unless the declared variables are the saved model's."""
+    params = declared.get("params", {}) if isinstance(declared, dict) else {}
+    sizes.check_params(params, metadata["model"], _decode_kwargs(metadata.get("model_kwargs", {})), str(directory))
 
 
 def _read_checkpoint(directory: pathlib.Path) -> tuple[str, dict[str, Any], Any]:
@@ -199,7 +216,8 @@ def _read_checkpoint(directory: pathlib.Path) -> tuple[str, dict[str, Any], Any]
             f"{directory} is not a checkpoint written by save_pretrained (expected {METADATA_FILE} and {VARIABLES_DIR}/)"
         )
     metadata = _read_metadata(directory)
-    variables = _restore_variables(directory / VARIABLES_DIR)
+    variables = _restore_variables(directory / VARIABLES_DIR, functools.partial(_check_saved, metadata=metadata,
+                                                                               directory=directory))  # fmt: skip
     if DIGEST_KEY in metadata and variables_digest(variables) != metadata[DIGEST_KEY]:
         raise DamagedCheckpointError(
             f"{directory} is damaged: its variables do not match the {DIGEST_KEY} in {METADATA_FILE}"

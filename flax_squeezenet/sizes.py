@@ -39,7 +39,8 @@ def model_shapes(model: str, model_kwargs: Mapping[str, Any], source: str) -> Sh
     try:
         plan = create_model(model, **model_kwargs).plan
     except (TypeError, ValueError) as error:
-        raise ValueError(f"{source} names a model that cannot be built ({model!r} with {dict(model_kwargs)}): {error}") from None
+        raise ValueError(f"{source} names a model that cannot be built "
+                         f"({model!r} with {dict(model_kwargs)}): {error}") from None  # fmt: skip
     shapes: Shapes = {}
     for conv in convolutions(plan):
         shapes[f"{conv.name}/kernel"] = (conv.kernel, conv.kernel, conv.in_channels, conv.out_channels)

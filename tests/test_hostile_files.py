@@ -275,3 +275,12 @@ def test_broken_config_json_is_one_line_naming_it(hub, image, capsys, content, f
     assert predict_cli.main([image, "--weights", str(hub)]) == 1
     captured = capsys.readouterr()
     assert captured.err.count("\n") == 1 and str(hub / "config.json") in captured.err, captured.err
+
+
+def test_orbax_checkpoint_disagreeing_with_its_metadata_is_refused_before_restoring(tmp_path):
+    params = flax.traverse_util.unflatten_dict(random_params("squeezenet1_1"), sep="/")
+    directory = save_pretrained(tmp_path / "model", {"params": params}, model="squeezenet1_1")
+    metadata = json.loads((directory / "metadata.json").read_text())
+    metadata["model_kwargs"] = {"num_classes": 10}
+    (directory / "metadata.json").write_text(json.dumps(metadata))
+    refusal(directory, str(directory), "classifier/kernel", "(1, 1, 512, 1000)", "(1, 1, 512, 10)")

@@ -116,7 +116,8 @@ def _parsed_header(raw: bytes, path: str | os.PathLike) -> dict:
         if not isinstance(header.get(key), kind):
             raise ValueError(f"{path}: its header lacks {key!r} (a JSON {kind.__name__})")
     for number, entry in enumerate(header["parameters"]):
-        if not isinstance(entry, dict) or not all(isinstance(entry.get(key), kind) for key, kind in _ENTRY_KEYS.items()):
+        typed = isinstance(entry, dict) and all(isinstance(entry.get(key), kind) for key, kind in _ENTRY_KEYS.items())
+        if not typed:
             raise ValueError(f"{path}: parameter entry {number} of its header lacks one of {sorted(_ENTRY_KEYS)}")
         if not all(isinstance(n, int) and n >= 0 for n in entry["shape"]) or entry["bytes"] < 0:
             raise ValueError(f"{path}: parameter {entry['path']} declares shape {entry['shape']} and "
