@@ -29,6 +29,8 @@ What is where:
 - nnx: the same models as native Flax NNX modules (`import flax_squeezenet.nnx`), `to_nnx`, `to_linen`.
 - summary: `summary(model, input_shape)`, the per-layer table (output shape, parameters, FLOPs).
 - conventions: `input_convention(name_or_path)`, the preprocessing each weight source expects.
+- formats, sizes: which format a weights file is (by its magic number), and the one check of the
+  sizes a file declares against the model it names, run by every reader before it allocates.
 - safetensors_io: the Hugging Face Hub layout (`save_pretrained(..., format="safetensors")`, `hf://`).
 - cli: the `squeezenet-predict`, `squeezenet-export` and `squeezenet-info` commands.
 The training program is the separate `train` package (`python -m train`).

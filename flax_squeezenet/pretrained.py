@@ -3,7 +3,10 @@
 `load_pretrained` reads any of: a name from `PRETRAINED` (downloaded once, verified, converted and
 cached), a directory written by `save_pretrained` (an Orbax checkpoint plus `metadata.json`), a
 torchvision `.pth` state dict (read without torch or arbitrary unpickling) or an ncnn `.param`/
-`.bin` export, or the SqueezeNet paper's Deep Compression `.net` file. It returns the module and its variables, checked against the module's shapes.
+`.bin` export, a `.sqz` file, or the SqueezeNet paper's Deep Compression `.net` file; a file's format
+is told by its content (`formats`), the suffix only for `.net`. Every reader checks the sizes its
+file declares against the model it names before reading by them (`sizes`). It returns the module
+and its variables, checked against the module's shapes.
 """
 
 from __future__ import annotations
