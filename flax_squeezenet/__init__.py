@@ -17,10 +17,11 @@ What is where (each subpackage imports only the ones below it; tests/test_layout
 - deploy: ONNX (`onnx`), int8 ONNX (`onnx_int8`, `int8_rounding`) and LiteRT (`tflite`) export.
 - compression: Deep Compression (pruning, weight sharing, adaptive rounding), post-training.
 - weights: pretrained names and the download cache (`pretrained`), every file format (`pth`, `ncnn`,
-  `deepcompression` and `netfile` for `.net`, `sqz`, `safetensors_io`), input conventions and
-  preprocessing, the ImageNet class names.
+  `deepcompression` and `netfile` for `.net`, `sqz`, `safetensors_io`; `formats` tells them by their
+  magic numbers), input conventions and preprocessing, the ImageNet class names.
 - zoo: the models themselves: stage descriptions (`stages`), the layer plan (`layers`), the
-  XLA:CPU speed forms (`ops`), linen (`models`) and NNX (`zoo.nnx`) modules, `summary`, `xla_options`.
+  XLA:CPU speed forms (`ops`), linen (`models`) and NNX (`zoo.nnx`) modules, `summary`, `xla_options`,
+  and `sizes`, the parameter shapes a model has, which every reader checks a file against first.
 - storage: paths as users write them, whole-or-absent writes, verified downloads.
 The training program is the separate `train` package (`python -m train`), which the library never imports.
 """

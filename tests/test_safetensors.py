@@ -70,6 +70,7 @@ def test_save_keeps_the_users_umask(tmp_path):
         os.umask(previous)
     assert (tmp_path / "hub").stat().st_mode & 0o777 == 0o750
     assert (tmp_path / "hub" / "config.json").stat().st_mode & 0o777 == 0o640
+    assert (tmp_path / "hub" / "model.safetensors").stat().st_mode & 0o777 == 0o640, "not 0600 (issue #31)"
 
 
 def test_broken_config_or_weights_name_the_file(tmp_path):

@@ -18,7 +18,7 @@ from flax_squeezenet.compression.adaptive import adaround_shared
 from flax_squeezenet.compression.finetune import stored_input
 from flax_squeezenet.compression.rounding import WEIGHT_ROUNDINGS
 from flax_squeezenet.compression.sharing import share_weights
-from flax_squeezenet.weights import netfile, pretrained, sqz
+from flax_squeezenet.weights import formats, netfile, pretrained, sqz
 from flax_squeezenet.weights.compressed import CompressedModel, check_bits
 from flax_squeezenet.weights.deepcompression import fold_caffe_input, load_deep_compression
 from flax_squeezenet.zoo.models import MODELS, SqueezeNet
@@ -56,9 +56,10 @@ def read_source(weights: str | os.PathLike) -> tuple[SqueezeNet, str, dict[str, 
     paper's `.net` and `.sqz` files keep their stored convention, so their shared values stay exact."""
     module, variables = pretrained.load_pretrained(weights)
     path = pathlib.Path(weights)
-    if path.suffix == ".net" and path.is_file():
+    stored_format = formats.file_format(path) if path.is_file() else None
+    if stored_format == "net":
         return module, "caffe_bgr", _flat(load_deep_compression(path, fold_input=False)[2])
-    if path.suffix == sqz.SUFFIX and path.is_file():
+    if stored_format == "sqz":
         stored = sqz.read_compressed(path)
         return module, stored.input_convention, _flat(stored.stored_params())
     return module, "torchvision", _flat(variables["params"])

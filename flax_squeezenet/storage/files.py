@@ -14,6 +14,7 @@ would keep those modes, so a shared cache or a served model became unreadable to
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pathlib
 import shutil
@@ -45,6 +46,20 @@ def user_path(path: str | os.PathLike) -> AnyPath:
         except KeyError:
             raise ValueError(f"{os.fspath(path)}: expected a local path or a gs://, s3:// or az:// URL") from None
     return pathlib.Path(path).expanduser().absolute()
+
+
+def read_json_object(path: pathlib.Path, expected: str) -> dict:
+    """The JSON object in the file `path`; ValueError naming the file and what is wrong (not UTF-8,
+    not JSON, not an object) and what was `expected` (e.g. "save_pretrained's metadata")."""
+    try:
+        value = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not UTF-8 text; expected {expected} as JSON") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON ({error}); expected {expected}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} holds a JSON {type(value).__name__}; expected {expected} as a JSON object")
+    return value
 
 
 def current_umask() -> int:

@@ -33,7 +33,11 @@ CODEBOOK_SIZE = 256
 
 
 def _decode(data: memoryview, offset: int, shape: tuple[int, ...], count: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """One conv's (kernel, bias) and the offset after it."""
+    """One conv's (kernel, bias) and the offset after it; its declared entry count is checked
+    against the kernel's size before anything is read by it."""
+    size = int(np.prod(shape))
+    if count > size:
+        raise ValueError(f"a kernel of shape {shape} declares {count} stored entries, more than its {size} weights")
 
     def take(n: int, dtype: str) -> np.ndarray:
         nonlocal offset
@@ -47,7 +51,6 @@ def _decode(data: memoryview, offset: int, shape: tuple[int, ...], count: int) -
     packed = take((count + 1) // 2, "u1")
     deltas = np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(-1)[:count]
     positions = np.cumsum(deltas.astype(np.int64) + 1) - 1
-    size = int(np.prod(shape))
     if count and positions[-1] >= size:
         raise ValueError(f"stored entries run past the end of a kernel of shape {shape}")
     kernel = np.zeros(size, np.float32)

@@ -13,10 +13,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
+from collections.abc import Sequence
 
 import numpy as np
 
 from flax_squeezenet.weights.convert import Params, from_conv_sequence, torchvision_model
+from flax_squeezenet.zoo import sizes
+from flax_squeezenet.zoo.sizes import shape_only
+from flax_squeezenet.zoo.stages import Stage
 
 PARAM_MAGIC = "7767517"
 FP16_TAG = 0x01306B47
@@ -35,6 +39,11 @@ class _ConvSpec:
     @property
     def in_channels(self) -> int:
         return self.weight_count // (self.out_channels * self.kernel_h * self.kernel_w)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """The kernel's (out, in, kh, kw) shape."""
+        return self.out_channels, self.in_channels, self.kernel_h, self.kernel_w
 
 
 def _parse_param(text: str, path: str) -> list[_ConvSpec]:
@@ -59,6 +68,8 @@ def _parse_param(text: str, path: str) -> list[_ConvSpec]:
             )
         except (IndexError, KeyError, ValueError):
             raise ValueError(f"{path}, line {number}: malformed Convolution layer") from None
+        if min(spec.out_channels, spec.kernel_h, spec.kernel_w, spec.weight_count) < 1:
+            raise ValueError(f"{path}, line {number}: channels, kernel size and weight count must be positive")
         if spec.weight_count % (spec.out_channels * spec.kernel_h * spec.kernel_w):
             raise ValueError(f"{path}, line {number}: weight count does not fit the kernel shape")
         convs.append(spec)
@@ -86,7 +97,7 @@ def _read_weights(data: bytes, specs: list[_ConvSpec], path: str) -> list[tuple[
             weights = take(spec.weight_count, np.float32)
         else:
             raise ValueError(f"{path}: conv {spec.name} has weight tag {tag:#010x}; only fp16 and fp32 are supported")
-        kernel = weights.reshape(spec.out_channels, spec.in_channels, spec.kernel_h, spec.kernel_w)
+        kernel = weights.reshape(spec.shape)
         bias = take(spec.out_channels, np.float32) if spec.has_bias else np.zeros(spec.out_channels, np.float32)
         convs.append((kernel, bias))
     if offset != len(data):
@@ -113,6 +124,19 @@ def load_ncnn(path: str | os.PathLike) -> tuple[str, Params]:
     specs = _parse_param(text, str(param_path))
     if not specs:
         raise ValueError(f"{param_path} has no Convolution layers")
+    name, stages = _check_declared(specs, str(param_path))
     convs = _read_weights(bin_path.read_bytes(), specs, str(bin_path))
-    name, stages = torchvision_model(convs[0][0].shape)
     return name, from_conv_sequence(convs, stages)
+
+
+def _check_declared(specs: list[_ConvSpec], path: str) -> tuple[str, Sequence[Stage]]:
+    """The torchvision architecture (name, stages) the `.param` file describes; ValueError naming
+    `path` unless its convolutions have that model's shapes (checked before the `.bin` is read)."""
+    views = [(shape_only(spec.shape), shape_only((spec.out_channels,))) for spec in specs]
+    try:
+        name, stages = torchvision_model(views[0][0].shape)
+        params = from_conv_sequence(views, stages)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
+    sizes.check_params(params, name, {}, path)
+    return name, stages

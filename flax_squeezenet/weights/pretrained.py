@@ -3,19 +3,23 @@
 `load_pretrained` reads any of: a name from `PRETRAINED` (downloaded once, verified, converted and
 cached), a directory written by `save_pretrained` (an Orbax checkpoint plus `metadata.json`), a
 torchvision `.pth` state dict (read without torch or arbitrary unpickling) or an ncnn `.param`/
-`.bin` export, or the SqueezeNet paper's Deep Compression `.net` file. It returns the module and its variables, checked against the module's shapes.
+`.bin` export, a `.sqz` file, or the SqueezeNet paper's Deep Compression `.net` file; a file's format
+is told by its content (`formats`), the suffix only for `.net`. Every reader checks the sizes its
+file declares against the model it names before reading by them (`sizes`). It returns the module
+and its variables, checked against the module's shapes.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
 import pathlib
 import shutil
 import urllib.parse
-import zipfile
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -24,7 +28,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from flax_squeezenet.storage import download, files
-from flax_squeezenet.weights import convert, deepcompression, ncnn, pth, safetensors_io, sqz
+from flax_squeezenet.weights import convert, deepcompression, formats, ncnn, pth, safetensors_io, sqz
 from flax_squeezenet.weights.conventions import (
     CLASS_NAMES_KEY,
     DEEP_COMPRESSION,
@@ -32,7 +36,8 @@ from flax_squeezenet.weights.conventions import (
     PREPROCESSING_KEY,
     InputConvention,
 )
-from flax_squeezenet.zoo.models import MODELS, SqueezeNet, check_param_shapes, create_model
+from flax_squeezenet.zoo import sizes
+from flax_squeezenet.zoo.models import MODELS, SqueezeNet, create_model
 
 METADATA_FILE = "metadata.json"
 VARIABLES_DIR = "variables"
@@ -183,8 +188,9 @@ def _read_metadata(directory: pathlib.Path) -> dict[str, Any]:
     return metadata
 
 
-def _restore_variables(directory: pathlib.Path) -> Any:
-    """The variables in the Orbax checkpoint `directory`, as numpy arrays of the saved dtypes."""
+def _restore_variables(directory: pathlib.Path, check: Callable[[Any], None]) -> Any:
+    """The variables in the Orbax checkpoint `directory`, as numpy arrays of the saved dtypes;
+    `check` is called with them as declared (`sizes.shape_only` arrays) before anything is read."""
     with ocp.StandardCheckpointer() as checkpointer:
         # Orbax reports damage as AttributeError, ValueError or tensorstore errors depending on
         # which file is missing (tests/test_pretrained_damage.py): any failure here is damage.
@@ -192,11 +198,26 @@ def _restore_variables(directory: pathlib.Path) -> Any:
             leaves = checkpointer.metadata(directory).item_metadata
             if leaves is None:
                 raise ValueError("no readable _METADATA or manifest")
+            declared = jax.tree_util.tree_map(lambda leaf: sizes.shape_only(leaf.shape, leaf.dtype), leaves.tree)
+        except Exception as error:
+            raise _unreadable(directory, error) from None
+        check(declared)
+        try:
             target = jax.tree_util.tree_map(lambda leaf: np.zeros(leaf.shape, leaf.dtype), leaves.tree)
             return checkpointer.restore(directory, target)
         except Exception as error:
-            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-            raise DamagedCheckpointError(f"{directory} is not a readable Orbax checkpoint: {reason}") from None
+            raise _unreadable(directory, error) from None
+
+
+def _unreadable(directory: pathlib.Path, error: Exception) -> DamagedCheckpointError:
+    reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return DamagedCheckpointError(f"{directory} is not a readable Orbax checkpoint: {reason}")
+
+
+def _check_saved(declared: Any, metadata: dict[str, Any], directory: pathlib.Path) -> None:
+    """Raise ValueError naming `directory` unless the declared variables are the saved model's."""
+    params = declared.get("params", {}) if isinstance(declared, dict) else {}
+    sizes.check_params(params, metadata["model"], _decode_kwargs(metadata.get("model_kwargs", {})), str(directory))
 
 
 def _read_checkpoint(directory: pathlib.Path) -> tuple[str, dict[str, Any], Any]:
@@ -205,7 +226,8 @@ def _read_checkpoint(directory: pathlib.Path) -> tuple[str, dict[str, Any], Any]
             f"{directory} is not a checkpoint written by save_pretrained (expected {METADATA_FILE} and {VARIABLES_DIR}/)"
         )
     metadata = _read_metadata(directory)
-    variables = _restore_variables(directory / VARIABLES_DIR)
+    variables = _restore_variables(directory / VARIABLES_DIR, functools.partial(_check_saved, metadata=metadata,
+                                                                               directory=directory))  # fmt: skip
     if DIGEST_KEY in metadata and variables_digest(variables) != metadata[DIGEST_KEY]:
         raise DamagedCheckpointError(
             f"{directory} is damaged: its variables do not match the {DIGEST_KEY} in {METADATA_FILE}"
@@ -287,22 +309,44 @@ def _read_weights(name_or_path: str | os.PathLike, cache_override) -> tuple[str,
 
 
 def _read_local(path: pathlib.Path) -> tuple[str, dict[str, Any], Any]:
-    """(architecture name, saved model options, variables as numpy) from the local file or directory `path`."""
+    """(architecture name, saved model options, variables as numpy) from the local file or directory
+    `path`, its format told by its content (`formats.file_format`)."""
     if path.is_dir() and safetensors_io.is_safetensors_dir(path):
         config, variables = safetensors_io.read_safetensors(path)
         return config["model"], _decode_kwargs(config.get("model_kwargs", {})), variables
     if path.is_dir():
+        _check_not_half_safetensors(path)
         return _read_checkpoint(path)
-    if not zipfile.is_zipfile(path) and path.suffix in (".param", ".bin") and ncnn.ncnn_paths(path)[0].is_file():
-        model, params = ncnn.load_ncnn(path)
-    elif path.suffix == ".net":
+    file_format = formats.file_format(path)
+    if file_format == "sqz":
+        return sqz.read_weights(path)
+    if file_format == "net":
         model, kwargs, params = deepcompression.load_deep_compression(path)
         return model, kwargs, {"params": params}
-    elif path.suffix == ".sqz":
-        return sqz.read_weights(path)
+    if file_format == "ncnn":
+        model, params = ncnn.load_ncnn(path)
     else:
-        model, params = convert.from_torchvision(pth.load_pth(path))
+        model, params = convert.from_torchvision(pth.load_pth(path, check=functools.partial(_check_torchvision, path)))
     return model, {}, {"params": params}
+
+
+def _check_not_half_safetensors(directory: pathlib.Path) -> None:
+    """Raise ValueError naming the file a directory holding one of a safetensors save's two lacks."""
+    pair = (safetensors_io.WEIGHTS_FILE, safetensors_io.CONFIG_FILE)
+    present = [name for name in pair if (directory / name).exists()]
+    if len(present) == 1 and not _is_checkpoint(directory):
+        missing = next(name for name in pair if name not in present)
+        raise ValueError(f"{directory} has {present[0]} but no {missing}: a safetensors save needs both")
+
+
+def _check_torchvision(path: pathlib.Path, state_dict: dict[str, np.ndarray]) -> None:
+    """Raise ValueError naming `path` unless the declared torchvision state dict has the shapes of
+    the SqueezeNet it describes."""
+    try:
+        model, params = convert.from_torchvision(state_dict)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
+    sizes.check_params(params, model, {}, str(path))
 
 
 def _without_head(variables: Any) -> Any:
@@ -364,11 +408,11 @@ def load_pretrained(
     rng = jax.random.key(0) if rng is None else rng
     expected = jax.eval_shape(module.init, rng, dummy)
     if new_head:
-        check_param_shapes(_without_head(expected), _without_head(variables), model_name)
+        sizes.check_shapes(_without_head(expected), _without_head(variables), model_name)
         # Only the head leaves the jitted init, so XLA drops the backbone's initialisers.
         fresh_head = jax.jit(lambda key: module.init(key, dummy)["params"]["classifier"])(rng)
         variables = {**variables, "params": {**variables["params"], "classifier": fresh_head}}
-    check_param_shapes(expected, variables, model_name)
+    sizes.check_shapes(expected, variables, model_name)
     return module, jax.tree_util.tree_map(lambda leaf, spec: jnp.asarray(leaf, spec.dtype), variables, expected)
 
 
@@ -384,7 +428,7 @@ def _saved_metadata(name_or_path: str | os.PathLike, cache_dir: str | os.PathLik
         path = pathlib.Path(name_or_path) / METADATA_FILE
     else:
         return None
-    return json.loads(path.read_text()), str(path)
+    return files.read_json_object(path, "the weights' metadata"), str(path)
 
 
 def input_convention(name_or_path: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> InputConvention:
@@ -398,9 +442,11 @@ def input_convention(name_or_path: str | os.PathLike, cache_dir: str | os.PathLi
         stored, source = saved[0].get(PREPROCESSING_KEY), saved[1]
         return IMAGENET if stored is None else InputConvention.from_dict(stored, source)
     path = pathlib.Path(name_or_path)
-    if path.suffix == ".net":
+    if not path.is_file():
+        return IMAGENET
+    if formats.file_format(path) == "net":
         return DEEP_COMPRESSION
-    if path.suffix == ".sqz" and path.is_file():
+    if formats.file_format(path) == "sqz":
         return sqz.read_preprocessing(path)
     return IMAGENET
 

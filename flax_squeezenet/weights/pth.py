@@ -16,12 +16,15 @@ import io
 import os
 import pickle
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
 import ml_dtypes
 import numpy as np
 
+from flax_squeezenet.zoo.sizes import shape_only
+
+StateDictCheck = Callable[[dict[str, np.ndarray]], None]
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 
 STORAGE_DTYPES: dict[str, np.dtype] = {
@@ -40,6 +43,10 @@ STORAGE_DTYPES: dict[str, np.dtype] = {
 
 class UnsafePickleError(pickle.UnpicklingError, ValueError):
     """The pickle refers to something other than tensors and ordered dicts of them."""
+
+
+class _Refused(Exception):
+    """A `check` of the declared state dict refused it (its message names the file)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,7 +151,10 @@ def _elements_needed(obj: Any, storages: dict[str, _StorageRef]) -> dict[str, in
     return needed
 
 
-def _materialize(obj: Any, storages: dict[str, np.ndarray]) -> Any:
+def _materialize(obj: Any, storages: dict[str, np.ndarray] | None) -> Any:
+    """`obj` with its tensors read from `storages`, or as `shape_only` arrays where that is None."""
+    if isinstance(obj, _TensorRef) and storages is None:
+        return shape_only(obj.shape, obj.storage.dtype)
     if isinstance(obj, _TensorRef):
         data = storages[obj.storage.key]
         itemsize = data.dtype.itemsize
@@ -164,12 +174,24 @@ def _materialize(obj: Any, storages: dict[str, np.ndarray]) -> Any:
     return obj
 
 
+def _check_declared(obj: Any, check: StateDictCheck | None) -> None:
+    """Run `check` on the state dict the pickle declares, as shape-only arrays (nothing is read yet)."""
+    if check is None:
+        return
+    views = _materialize(obj, None)
+    if isinstance(views, dict):
+        try:
+            check(_unwrapped(views))
+        except ValueError as error:
+            raise _Refused(str(error)) from None
+
+
 def _storage_array(raw: bytes, ref: _StorageRef, byteorder: str) -> np.ndarray:
     dtype = ref.dtype.newbyteorder("<" if byteorder == "little" else ">")
     return np.frombuffer(raw, dtype=dtype, count=len(raw) // dtype.itemsize).astype(ref.dtype)
 
 
-def _read_zip(archive: zipfile.ZipFile) -> Any:
+def _read_zip(archive: zipfile.ZipFile, check: StateDictCheck | None) -> Any:
     pickles = [name for name in archive.namelist() if name.endswith("data.pkl")]
     if len(pickles) != 1:
         raise ValueError(f"expected one data.pkl in the archive, found {len(pickles)}")
@@ -179,8 +201,10 @@ def _read_zip(archive: zipfile.ZipFile) -> Any:
     byteorder = "little"
     if prefix + "byteorder" in archive.namelist():
         byteorder = archive.read(prefix + "byteorder").decode().strip()
+    needed = _elements_needed(obj, unpickler.storages)
+    _check_declared(obj, check)
     storages = {}
-    for key, count in _elements_needed(obj, unpickler.storages).items():
+    for key, count in needed.items():
         ref = unpickler.storages[key]
         entry = archive.getinfo(f"{prefix}data/{key}")
         size = count * ref.dtype.itemsize
@@ -193,7 +217,7 @@ def _read_zip(archive: zipfile.ZipFile) -> Any:
     return _materialize(obj, storages)
 
 
-def _read_legacy(file: BinaryIO) -> Any:
+def _read_legacy(file: BinaryIO, check: StateDictCheck | None) -> Any:
     def header() -> Any:
         return _StateDictUnpickler(file, legacy=True).load()
 
@@ -205,6 +229,7 @@ def _read_legacy(file: BinaryIO) -> Any:
     unpickler = _StateDictUnpickler(file, legacy=True)
     obj = unpickler.load()
     needed = _elements_needed(obj, unpickler.storages)
+    _check_declared(obj, check)
     file_size = os.fstat(file.fileno()).st_size
     storages = {}
     for key in header():
@@ -219,28 +244,38 @@ def _read_legacy(file: BinaryIO) -> Any:
     return _materialize(obj, storages)
 
 
-def load_pth(path: str | os.PathLike) -> dict[str, np.ndarray]:
+def _unwrapped(obj: Any) -> Any:
+    """The state dict itself, or the one a training checkpoint holds under "state_dict" or "model"."""
+    for wrapper_key in ("state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(wrapper_key), dict):
+            obj = obj[wrapper_key]
+    return obj
+
+
+def load_pth(path: str | os.PathLike, check: StateDictCheck | None = None) -> dict[str, np.ndarray]:
     """The state dict in a `.pth` file written by `torch.save`, as `{name: numpy array}`.
 
     Accepts a dict of tensors, or a dict holding one under "state_dict" or "model" (training
-    checkpoints). Raises `UnsafePickleError` if the pickle refers to any other object, and
-    `ValueError` if the file is not a PyTorch state dict.
+    checkpoints). `check`, if given, is called with the state dict as declared (`shape_only`
+    arrays of the declared shapes and dtypes) before any tensor data is read; the ValueError it
+    raises is raised as is. Raises `UnsafePickleError` if the pickle refers to any other object,
+    and `ValueError` if the file is not a PyTorch state dict.
     """
     path = os.fspath(os.path.expanduser(path))
     try:
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as archive:
-                obj = _read_zip(archive)
+                obj = _read_zip(archive, check)
         else:
             with open(path, "rb") as file:
-                obj = _read_legacy(file)
+                obj = _read_legacy(file, check)
+    except _Refused as error:
+        raise ValueError(str(error)) from None
     except UnsafePickleError as error:
         raise UnsafePickleError(f"{path}: {error}") from None
     except (pickle.UnpicklingError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as error:
         raise ValueError(f"{path} is not a readable PyTorch state dict: {error}") from None
-    for wrapper_key in ("state_dict", "model"):
-        if isinstance(obj, dict) and isinstance(obj.get(wrapper_key), dict):
-            obj = obj[wrapper_key]
+    obj = _unwrapped(obj)
     if not isinstance(obj, dict) or not all(isinstance(v, np.ndarray) for v in obj.values()):
         raise ValueError(f"{path} does not hold a state dict (a dict of tensors)")
     return dict(obj)

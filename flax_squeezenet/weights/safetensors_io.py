@@ -29,6 +29,8 @@ import numpy as np
 
 from flax_squeezenet.storage import download, files
 from flax_squeezenet.storage.download import DownloadError
+from flax_squeezenet.zoo import sizes
+from flax_squeezenet.zoo.sizes import shape_only
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -66,27 +68,59 @@ def save_safetensors(directory: str | os.PathLike, variables: Any, config: dict[
     tensors = {".".join(path): np.ascontiguousarray(leaf) for path, leaf in flax.traverse_util.flatten_dict(params).items()}
     with files.atomic_directory(directory) as staging:
         save_file(tensors, str(staging / WEIGHTS_FILE), metadata={"format": "flax"})
+        files.give_umask_mode(staging / WEIGHTS_FILE)  # safetensors creates it 0600
         (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     return directory
 
 
-def read_safetensors(directory: pathlib.Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(config, {"params": ...}) from a directory `save_safetensors` wrote."""
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
+def read_config(directory: pathlib.Path) -> dict[str, Any]:
+    """The `config.json` of a safetensors directory, checked to name the variant and give its
+    options as an object and its sizes as integers; ValueError naming the file otherwise."""
+    path = directory / CONFIG_FILE
+    config = files.read_json_object(path, "the model's config")
+    if not isinstance(config.get("model"), str):
+        raise ValueError(f"{path} has no \"model\" key naming the variant")
+    if not isinstance(config.get("model_kwargs", {}), dict):
+        raise ValueError(f"{path}: expected \"model_kwargs\" to be a JSON object of model options, "
+                         f"got {config['model_kwargs']!r}")  # fmt: skip
+    for key in ("num_classes", "in_channels"):
+        if key in config and (not isinstance(config[key], int) or isinstance(config[key], bool)):
+            raise ValueError(f"{path}: expected \"{key}\" to be an integer, got {config[key]!r}")
+    return config
 
+
+def _described_model(config: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """(model options, a description naming the config's sizes) of the model `config` describes."""
+    stated = {key: config[key] for key in ("in_channels", "num_classes") if key in config}
+    described = ", ".join(f"{key} {value}" for key, value in stated.items())
+    return {**config.get("model_kwargs", {}), **stated}, f"the {config['model']} of {CONFIG_FILE} ({described})"
+
+
+def read_safetensors(directory: pathlib.Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(config, {"params": ...}) from a directory `save_safetensors` wrote.
+
+    The tensors' declared shapes are checked against the model `config.json` describes before
+    any is read (`sizes`), and integer tensors are refused; ValueError naming the file otherwise.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    config = read_config(directory)
+    kwargs, described = _described_model(config)
+    weights = directory / WEIGHTS_FILE
     try:
-        config = json.loads((directory / CONFIG_FILE).read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{directory / CONFIG_FILE} is not valid JSON: {error}") from None
-    if not isinstance(config, dict) or not isinstance(config.get("model"), str):
-        raise ValueError(f"{directory / CONFIG_FILE} has no \"model\" key naming the variant")
-    try:
-        tensors = load_file(str(directory / WEIGHTS_FILE))
+        with safe_open(str(weights), framework="numpy") as file:
+            declared = {name: shape_only(file.get_slice(name).get_shape()) for name in file.keys()}
+            sizes.check_params(_unflatten(declared), config["model"], kwargs, str(weights), described)
+            tensors = {name: file.get_tensor(name) for name in file.keys()}
     except (SafetensorError, OSError) as error:
-        raise ValueError(f"{directory / WEIGHTS_FILE} is not a readable safetensors file: {error}") from None
-    params = flax.traverse_util.unflatten_dict({tuple(name.split(".")): value for name, value in tensors.items()})
+        raise ValueError(f"{weights} is not a readable safetensors file: {error}") from None
+    params = _unflatten(tensors)
+    sizes.check_params(params, config["model"], kwargs, str(weights), described)
     return config, {"params": params}
+
+
+def _unflatten(tensors: dict[str, np.ndarray]) -> dict[str, Any]:
+    return flax.traverse_util.unflatten_dict({tuple(name.split(".")): value for name, value in tensors.items()})
 
 
 def hub_directory(name: str, cache_dir: str | os.PathLike | None = None) -> pathlib.Path:

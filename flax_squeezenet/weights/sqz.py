@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import pathlib
 import struct
@@ -25,9 +26,11 @@ from flax_squeezenet.storage import files
 from flax_squeezenet.weights import huffman, sparse
 from flax_squeezenet.weights.compressed import CompressedModel, SharedKernel, check_bits
 from flax_squeezenet.weights.conventions import IMAGENET, PREPROCESSING_KEY, InputConvention
+from flax_squeezenet.weights.formats import SQZ_MAGIC
+from flax_squeezenet.zoo import sizes
 
 SUFFIX = ".sqz"
-MAGIC = b"SQZDEEPC"
+MAGIC = SQZ_MAGIC
 VERSION = 1
 _PREAMBLE = struct.Struct("<8sHHI")
 _CHECKSUM_BYTES = hashlib.sha256().digest_size
@@ -79,7 +82,8 @@ def save_compressed_file(compressed: CompressedModel, path: str | os.PathLike) -
 
 
 def _checked_body(data: bytes, path: str | os.PathLike) -> tuple[dict, memoryview]:
-    """(header, payload) of a `.sqz` file's bytes, after checking magic, version and checksum."""
+    """(header, payload) of a `.sqz` file's bytes, after checking magic, version and checksum, and
+    the header's structure and declared sizes against the model it names (`_check_sizes`)."""
     if len(data) < _PREAMBLE.size + _CHECKSUM_BYTES or data[: len(MAGIC)] != MAGIC:
         raise ValueError(f"{path} is not a compressed SqueezeNet file (expected it to start with {MAGIC!r})")
     _, version, _, header_length = _PREAMBLE.unpack_from(data)
@@ -88,8 +92,62 @@ def _checked_body(data: bytes, path: str | os.PathLike) -> tuple[dict, memoryvie
     body, checksum = data[:-_CHECKSUM_BYTES], data[-_CHECKSUM_BYTES:]
     if hashlib.sha256(body).digest() != checksum:
         raise ValueError(f"{path} is truncated or altered: its sha256 checksum does not match its contents")
-    header = json.loads(body[_PREAMBLE.size : _PREAMBLE.size + header_length])
-    return header, memoryview(body)[_PREAMBLE.size + header_length :]
+    header = _parsed_header(body[_PREAMBLE.size : _PREAMBLE.size + header_length], path)
+    payload = memoryview(body)[_PREAMBLE.size + header_length :]
+    _check_sizes(header, len(payload), path)
+    return header, payload
+
+
+_HEADER_KEYS = {"model": str, "model_kwargs": dict, "input_convention": str, "parameters": list}
+_ENTRY_KEYS = {"path": str, "shape": list, "encoding": str, "bytes": int}
+_SHARED_COUNTS = ("bits", "entries", "index_bits", "gap_bits")
+
+
+def _parsed_header(raw: bytes, path: str | os.PathLike) -> dict:
+    """The header's JSON object, with the keys and types `read_compressed` relies on; ValueError
+    naming the file and what is wrong otherwise (tests/test_hostile_files.py)."""
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except ValueError as error:  # UnicodeDecodeError and JSONDecodeError
+        raise ValueError(f"{path}: its header is not UTF-8 JSON ({error})") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{path}: its header is a JSON {type(header).__name__}; expected an object")
+    for key, kind in _HEADER_KEYS.items():
+        if not isinstance(header.get(key), kind):
+            raise ValueError(f"{path}: its header lacks {key!r} (a JSON {kind.__name__})")
+    for number, entry in enumerate(header["parameters"]):
+        typed = isinstance(entry, dict) and all(isinstance(entry.get(key), kind) for key, kind in _ENTRY_KEYS.items())
+        if not typed:
+            raise ValueError(f"{path}: parameter entry {number} of its header lacks one of {sorted(_ENTRY_KEYS)}")
+        if not all(isinstance(n, int) and n >= 0 for n in entry["shape"]) or entry["bytes"] < 0:
+            raise ValueError(f"{path}: parameter {entry['path']} declares shape {entry['shape']} and "
+                             f"{entry['bytes']} bytes; expected non-negative integers")  # fmt: skip
+    return header
+
+
+def _check_sizes(header: dict, payload_bytes: int, path: str | os.PathLike) -> None:
+    """Raise ValueError naming the file unless every declared shape is the model's and every
+    declared count fits it (so decoding allocates no more than the model), before any decoding."""
+    declared = {entry["path"]: entry["shape"] for entry in header["parameters"]}
+    if len(declared) != len(header["parameters"]):
+        raise ValueError(f"{path}: its header lists a parameter twice")
+    stated = {key: header[key] for key in ("in_channels", "num_classes") if key in header}
+    for key in stated.keys() & header["model_kwargs"].keys():
+        if stated[key] != header["model_kwargs"][key]:
+            raise ValueError(f"{path}: its header says {key} {stated[key]}, its model_kwargs {key} "
+                             f"{header['model_kwargs'][key]}")  # fmt: skip
+    expected = sizes.model_shapes(header["model"], {**header["model_kwargs"], **stated}, str(path))
+    sizes.check_declared(declared, expected, str(path), header["model"])
+    if sum(entry["bytes"] for entry in header["parameters"]) != payload_bytes:
+        raise ValueError(f"{path}: the header describes {sum(entry['bytes'] for entry in header['parameters'])} "
+                         f"bytes of parameters, the file holds {payload_bytes}")  # fmt: skip
+    for entry in (entry for entry in header["parameters"] if entry["encoding"] == "shared"):
+        counts = [entry.get(key) for key in _SHARED_COUNTS]
+        if not all(isinstance(count, int) and count >= 0 for count in counts):
+            raise ValueError(f"{path}: parameter {entry['path']} lacks one of {_SHARED_COUNTS} (non-negative integers)")
+        if entry["entries"] > math.prod(entry["shape"]):
+            raise ValueError(f"{path}: parameter {entry['path']} declares {entry['entries']} stored entries; "
+                             f"expected at most its {math.prod(entry['shape'])} weights")  # fmt: skip
 
 
 def _decode_shared(entry: dict, blob: memoryview) -> SharedKernel:
@@ -141,10 +199,11 @@ def read_compressed(path: str | os.PathLike) -> CompressedModel:
             leaves[entry["path"]] = _decode_leaf(entry, blob)
         except ValueError as error:
             raise ValueError(f"{path}: parameter {entry['path']} cannot be decoded: {error}") from None
-    if offset != len(payload):
-        raise ValueError(f"{path}: the header describes {offset} bytes of parameters, the file holds {len(payload)}")
-    return CompressedModel(header["model"], header["model_kwargs"], header["input_convention"], leaves,
-                           _preprocessing(header, path))  # fmt: skip
+    try:
+        return CompressedModel(header["model"], header["model_kwargs"], header["input_convention"], leaves,
+                               _preprocessing(header, path))  # fmt: skip
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
 
 
 def _preprocessing(header: dict, path: str | os.PathLike) -> InputConvention:

@@ -20,8 +20,9 @@ from flax import nnx
 
 from flax_squeezenet.zoo import layers, models
 from flax_squeezenet.zoo.layers import Bypass, Convolution, Layer, Output, StageFeature
-from flax_squeezenet.zoo.models import Dtype, check_param_shapes, kaiming_uniform
+from flax_squeezenet.zoo.models import Dtype, kaiming_uniform
 from flax_squeezenet.zoo.ops import conv_1x1_as_matmul, max_pool_3x3_ceil, max_pool_3x3_ceil_concat
+from flax_squeezenet.zoo.sizes import check_shapes
 from flax_squeezenet.zoo.stages import V1_0, V1_1, FireStage, Stage
 
 CONFIG_FIELDS = ("stages", "num_classes", "dropout_rate", "in_channels", "bypass", "classifier_padding", "dtype",
@@ -183,7 +184,7 @@ def to_nnx(module: models.SqueezeNet, variables: Any, *, rngs: nnx.Rngs | None =
     rngs = nnx.Rngs(0) if rngs is None else rngs
     model = nnx.eval_shape(lambda: SqueezeNet(**config, rngs=nnx.Rngs(0)))
     expected = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    check_param_shapes(expected, variables["params"], type(module).__name__)
+    check_shapes(expected, variables["params"], type(module).__name__)
     params = nnx.state(model, nnx.Param)
     cast = jax.tree_util.tree_map(lambda leaf, spec: jnp.asarray(leaf, spec.dtype), variables["params"], expected)
     nnx.replace_by_pure_dict(params, cast)
