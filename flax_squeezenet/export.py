@@ -143,7 +143,7 @@ def save_onnx(
     the batch and image size are free. `weight_rounding` "adaround" rounds the int8 weights up or
     down, layer after layer, to reproduce each layer's float output on the calibration images as
     the int8 model computes it (`int8_rounding`; slower to write; its accuracy against "nearest" is
-    in BENCHMARKS.md).
+    in BENCHMARKS.md). `files.OutputIsInputError` if `path` is one of the calibration images.
     """
     import onnx
 
@@ -158,6 +158,7 @@ def save_onnx(
         proto = to_onnx(module, weights)
         return proto if input_shape is None else quantize.with_fixed_input_shape(proto, input_shape)
 
+    files.check_output_is_not_input(path, *quantize.calibration_files(calibration))
     model = export(variables)
     if int8:
         images = quantize.calibration_images(calibration, module.in_channels, preprocessing, input_shape)

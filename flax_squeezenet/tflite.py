@@ -517,12 +517,14 @@ def save_tflite_from_folder(
     The folder is split as the int8 ONNX export splits it, and its images are prepared by
     `preprocessing`, the weights' own input convention (`quantize.calibration_images`: ImageNet's
     by default for 3 channels); the returned `Agreement` compares the written file, in the LiteRT
-    interpreter, with the Flax model on the held-back images.
+    interpreter, with the Flax model on the held-back images. `files.OutputIsInputError` if `path`
+    is one of the images.
     """
     require_litert()
     calibration_files, held_back_files = quantize.split_held_back(
         quantize.image_files(folder), quantize.HELD_BACK, quantize.MAX_IMAGES
     )
+    files.check_output_is_not_input(path, *calibration_files, *held_back_files)
     calibration = quantize.calibration_images(calibration_files, module.in_channels, preprocessing)
     held_back = quantize.calibration_images(held_back_files, module.in_channels, preprocessing)
     written = save_tflite(module, variables, path, int8=True, calibration=calibration,

@@ -7,7 +7,8 @@ paper's `.net` format, then prints the sizes and the largest logit change. With 
 retrain -> share -> fine-tune the shared values, as `python -m train` runs on the data of the
 training config (`flax_squeezenet.compression.retrain`; run from the checkout), then encode,
 printing each stage's eval top-1 and size; run it again to resume. Errors the user can fix print
-one line on stderr and exit with status 1.
+one line on stderr and exit with status 1; an --output that is one of the inputs, or whose suffix
+is not --format's (.sqz, .net), is refused before any work with status 2.
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
+from flax_squeezenet import files, pretrained
+from flax_squeezenet.cli.common import USAGE_ERROR, USAGE_ERRORS
 from flax_squeezenet.compression import FORMATS, compress, encoded_size, save_compressed
-from flax_squeezenet.compression.api import variant_name
+from flax_squeezenet.compression.api import FORMAT_SUFFIXES, variant_name
 from flax_squeezenet.compression.netfile import check_net_model
 from flax_squeezenet.compression.retrain import (
     PipelineInterrupted,
@@ -163,6 +166,8 @@ def run(args: argparse.Namespace, overrides: Sequence[str] = ()) -> str:
     if args.weight_rounding == "adaround" and (args.retrain_workdir or not args.images):
         raise ValueError("--weight-rounding adaround fits each layer post-training on images: give --images, "
                          "without --retrain-workdir")  # fmt: skip
+    files.check_suffix(args.output, FORMAT_SUFFIXES[args.format], args.format)
+    files.check_output_is_not_input(args.output, *pretrained.source_paths(args.weights), *(args.images or []))
     if args.format == "net" and args.bits != 8:
         raise ValueError(f"the .net format holds 8-bit shared weights, got --bits {args.bits}")
     module, variables = load_pretrained(args.weights)
@@ -203,6 +208,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PipelineInterrupted as interrupted:
         print(f"{PROG}: {interrupted}", file=sys.stderr)
         return 128 + interrupted.signum
+    except USAGE_ERRORS as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return USAGE_ERROR
     except (OSError, ValueError, ImportError, DownloadError) as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 1

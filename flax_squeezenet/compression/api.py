@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import tqdm.auto
 
-from flax_squeezenet import conventions, pretrained
+from flax_squeezenet import conventions, files, pretrained
 from flax_squeezenet.compression import fileformat, netfile, pruning
 from flax_squeezenet.compression.adaptive import adaround_shared
 from flax_squeezenet.compression.compressed import CompressedModel
@@ -24,6 +24,7 @@ from flax_squeezenet.models import MODELS, SqueezeNet
 from flax_squeezenet.rounding import WEIGHT_ROUNDINGS
 
 FORMATS = ("squeezenet", "net")
+FORMAT_SUFFIXES = {"squeezenet": fileformat.SUFFIX, "net": ".net"}
 
 
 def variant_name(module: SqueezeNet) -> str:
@@ -128,10 +129,12 @@ def compress(
 
 def save_compressed(compressed: CompressedModel, path: str | os.PathLike, *, format: str | None = None) -> pathlib.Path:
     """Write `compressed` to `path`: `format` "squeezenet" (the `.sqz` file `load_pretrained`
-    reads) or "net" (the paper's file); by default "net" for a `.net` path, else "squeezenet"."""
+    reads) or "net" (the paper's file); by default "net" for a `.net` path, else "squeezenet".
+    `files.OutputPathError` if `path`'s suffix is not the format's (load_pretrained reads by suffix)."""
     format = format or ("net" if pathlib.Path(path).suffix == ".net" else "squeezenet")
     if format not in FORMATS:
         raise ValueError(f"unknown format {format!r}; expected one of {', '.join(FORMATS)}")
+    files.check_suffix(path, FORMAT_SUFFIXES[format], format)
     if format == "net":
         return netfile.save_net(compressed, path)
     return fileformat.save_compressed_file(compressed, path)
