@@ -110,16 +110,24 @@ def check_output(args: argparse.Namespace) -> None:
     """Raise ValueError if --output cannot be a file to write, `files.OutputPathError` if it is named
     for another format or would overwrite what the command reads (checked before any work is done)."""
     output = args.output
-    files.check_suffix(output, SUFFIXES[args.format], args.format)
-    weights = [] if args.weights is None else source_paths(args.weights)
-    calibration = [] if args.calibration is None else quantize.image_files(args.calibration)
-    files.check_output_is_not_input(output, *weights, *calibration)
     path = files.user_path(output)
     if path.is_dir():
         raise ValueError(f"--output {output} is a directory: expected a file path such as model.onnx")
     blocking = next((parent for parent in path.parents if parent.exists()), None)
     if blocking is not None and not blocking.is_dir():
         raise ValueError(f"--output {output}: {blocking} is a file, not a directory")
+    files.check_suffix(output, SUFFIXES[args.format], args.format)
+    weights = [] if args.weights is None else source_paths(args.weights)
+    calibration = [] if args.calibration is None else quantize.image_files(args.calibration)
+    files.check_output_is_not_input(output, *weights, *calibration)
+
+
+def warn_of_a_small_calibration_set(args: argparse.Namespace) -> None:
+    """Tell the user, after an int8 export, that its calibration set was too small to trust the file."""
+    if args.int8:
+        warning = quantize.calibration_warning(len(device_export.calibration_split(args)[0]))
+        if warning is not None:
+            print(f"{PROG}: warning: {warning}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -135,15 +143,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         image_size = args.image_size or (CROP_SIZE if convention is None else convention.crop_size)
         device_export.check_input_shape(args, module)
         device_export.check_sizes(args, module, image_size)
-        if args.int8 and args.calibration is not None:
-            warning = quantize.calibration_warning(len(device_export.calibration_split(args)[0]))
-            if warning is not None:
-                print(f"{PROG}: warning: {warning}", file=sys.stderr)
-        if args.format == "tflite":
-            print(device_export.export_tflite(args, module, variables, convention))
-            return 0
-        if args.int8 or args.calibration or args.input_shape:
-            print(device_export.export(args, module, variables, convention))
+        if args.format == "tflite" or args.int8 or args.calibration or args.input_shape:
+            write = device_export.export_tflite if args.format == "tflite" else device_export.export
+            print(write(args, module, variables, convention))
+            warn_of_a_small_calibration_set(args)
             return 0
         with files.atomic_file(args.output) as staging:
             save_onnx(module, variables, staging, preprocessing=convention)
