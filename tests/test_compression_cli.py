@@ -41,7 +41,7 @@ def test_compresses_to_a_file_load_pretrained_reads(checkpoint, tmp_path, capsys
     ],
 )
 def test_errors_are_one_line_and_write_nothing(checkpoint, tmp_path, capsys, extra, message):
-    output = tmp_path / "out.file"
+    output = tmp_path / ("out.net" if "net" in extra else "out.sqz")  # named for its format: checked first
     assert cli.main([str(checkpoint), "--output", str(output), *extra]) == 1
     error = capsys.readouterr().err
     assert message in error and error.count("\n") == 1

@@ -36,17 +36,18 @@ def test_calibration_folder_errors_keep_the_existing_file(tmp_path, capsys, form
     assert left == {output.name}  # no temporary file left behind
 
 
-@pytest.mark.parametrize("format", FORMATS)
 @pytest.mark.parametrize(
-    ("args", "message"),
+    ("format", "args", "message", "status"),
     [
-        (["--int8"], "--int8 and --calibration IMAGES go together"),
-        (["--input-shape", "1x1x32x32"], "expected an input shape Nx3xHxW"),
-        (["--input-shape", "1x3x8x8"], "height and width must be at least 17"),
+        *((format, ["--int8"], "--int8 and --calibration IMAGES go together", 1) for format in FORMATS),
+        ("onnx", ["--input-shape", "1x1x32x32"], "expected an input shape Nx3xHxW (NCHW", 2),
+        ("tflite", ["--input-shape", "1x32x32x1"], "expected an input shape NxHxWx3 (NHWC", 2),
+        ("onnx", ["--input-shape", "1x3x8x8"], "(NCHW, the onnx layout): height and width must be at least 17", 2),
+        ("tflite", ["--input-shape", "1x8x8x3"], "(NHWC, the tflite layout): height and width must be at least 17", 2),
     ],
 )
-def test_option_errors_write_nothing(tmp_path, capsys, format, args, message):
+def test_option_errors_write_nothing(tmp_path, capsys, format, args, message, status):
     needs_runtime(format)
     output = tmp_path / f"m.{format}"
-    assert message in run_cli_error(capsys, *args, "--output", str(output), format=format)
+    assert message in run_cli_error(capsys, *args, "--output", str(output), format=format, status=status)
     assert not output.exists()

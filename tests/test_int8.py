@@ -85,8 +85,11 @@ def test_cli_writes_int8_and_reports_held_back_agreement(tmp_path, capsys):
         "--random-init", "--num-classes", "4", "--int8", "--calibration", str(folder),
         "--input-shape", "1x3x32x32", "--output", str(output),
     ])  # fmt: skip
-    assert code == 0, capsys.readouterr().err
-    assert "on 2 held-back images: top-1 agreement" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "on 2 held-back images: top-1 agreement" in captured.out
+    assert "fewer than 30 images: no verdict" in captured.out  # 2 images prove nothing (issue #31)
+    assert "warning: calibrating on 6 images: fewer than 64" in captured.err
     proto = onnx.load(output)
     assert [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim] == [1, 3, 32, 32]
     assert any(node.op_type == "QuantizeLinear" for node in proto.graph.node)
@@ -132,7 +135,17 @@ def test_input_shape_option(capsys):
     for text in ("1x3x224", "0x3x8x8", "ax3x8x8"):
         with pytest.raises(SystemExit):
             parser.parse_args(["--output", "x", "--input-shape", text])
-        assert "expected NxCxHxW" in capsys.readouterr().err
+        assert "NxCxHxW for onnx" in capsys.readouterr().err
+
+
+def test_agreement_on_few_images_is_no_verdict():
+    few, many = onnx_int8.Agreement(2, 1.0, 0.1), onnx_int8.Agreement(100, 0.95, 0.1)
+    assert np.allclose(few.top1_interval(), (0.342, 1.0), atol=1e-3)  # Wilson's interval for 2 of 2
+    assert np.allclose(many.top1_interval(), (0.888, 0.978), atol=1e-3)  # and for 95 of 100
+    assert "(95% interval 34-100%; fewer than 30 images: no verdict" in few.describe()
+    assert "top-1 agreement 95.0% (95% interval 89-98%)," in many.describe()
+    assert onnx_int8.calibration_warning(onnx_int8.MIN_CALIBRATION_IMAGES) is None
+    assert "at least 86 images" in onnx_int8.calibration_warning(6)
 
 
 

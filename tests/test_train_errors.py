@@ -11,6 +11,7 @@ import resource
 import shutil
 import signal
 import subprocess
+import sys
 
 import pytest
 from train_helpers import REPO, subprocess_env, tiny_config, train_command, train_in_process
@@ -49,7 +50,10 @@ def test_changed_config_is_refused_naming_the_keys_and_touching_nothing(copied_r
     assert _snapshot(copied_run) == before
 
 
-def test_resumable_keys_may_change(copied_run):
+def test_resumable_keys_may_change_after_the_last_run_was_sigkilled(copied_run):
+    killed = _hold_lock(copied_run)  # the OS releases a SIGKILLed run's workdir lock
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
     longer = tiny_config(num_train_steps=10, eval_every_steps=8, learning_rate=1e-4, log_every_steps=1)
     assert train_in_process(longer, copied_run)["step"] == 10
 
@@ -169,3 +173,39 @@ def test_missing_init_from_fails_before_the_data_is_read(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="no_such_model is neither a pretrained name"):
         train_in_process(config, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+HOLD_LOCK = """
+import pathlib, sys, time
+from train import workdir
+with workdir.locked(pathlib.Path(sys.argv[1])):
+    print("locked", flush=True)
+    time.sleep(600)
+"""
+
+
+def _hold_lock(directory) -> subprocess.Popen:
+    """A process holding `directory`'s workdir lock, started once it holds it."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(directory)], env=subprocess_env(), cwd=REPO,
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+def _files(directory):
+    return {p.relative_to(directory): p.read_bytes() for p in directory.rglob("*") if p.is_file()}
+
+
+def test_a_second_run_in_a_held_workdir_is_refused_touching_nothing(copied_run, tmp_path, capsys):
+    holder = _hold_lock(copied_run)
+    try:
+        before = _files(copied_run)
+        with pytest.raises(workdir.WorkdirInUseError, match=rf"in use by pid {holder.pid} on .* \(started "):
+            train_in_process(tiny_config(num_train_steps=10, eval_every_steps=10), copied_run)
+        assert save_model.main(["--workdir", str(copied_run), "--output", str(tmp_path / "saved")]) == 2
+        assert f"in use by pid {holder.pid}" in capsys.readouterr().err
+        assert _files(copied_run) == before and not (tmp_path / "saved").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+

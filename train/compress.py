@@ -24,6 +24,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from flax_squeezenet.cli import compress as compress_cli
+from flax_squeezenet.cli.common import USAGE_ERROR, USAGE_ERRORS
 from flax_squeezenet.compression import sensitivity
 from flax_squeezenet.compression.api import compress, encoded_size, save_compressed
 from flax_squeezenet.compression.pruning import kernel_density
@@ -229,6 +230,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PipelineInterrupted as interrupted:
         print(f"{PROG}: {interrupted}", file=sys.stderr)
         return 128 + interrupted.signum
+    except USAGE_ERRORS as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return USAGE_ERROR
     except (OSError, ValueError, ImportError, DownloadError) as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 1

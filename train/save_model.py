@@ -19,6 +19,7 @@ import jax
 import numpy as np
 
 import flax_squeezenet
+from flax_squeezenet.storage import files
 from flax_squeezenet.weights.conventions import InputConvention
 from train import averaging
 from train import run as run_lib
@@ -40,14 +41,19 @@ def save_model(run: run_lib.Run, state: TrainState, directory: str | os.PathLike
 
 
 def save_checkpoint_as_model(workdir: str, step: str = "best", output: Optional[str] = None) -> pathlib.Path:
-    """Save checkpoint `step` ("best", "latest" or a number) of the run in `workdir`; returns the directory."""
+    """Save checkpoint `step` ("best", "latest" or a number) of the run in `workdir`; returns the directory.
+
+    Refused (`workdir.WorkdirInUseError`) while a run holds the workdir, and
+    (`files.OutputIsInputError`) for an output that would replace the run's checkpoints or config."""
     config = workdir_lib.read_config(workdir)
     if output:
         config.model_dir = output
     run = run_lib.build_run(config, workdir)
     workdir_lib.check_model_dir(run.paths.model)
-    state, _ = run_lib.restore_state(run, step)
-    return save_model(run, state, run.paths.model)
+    files.check_output_is_not_input(run.paths.model, run.paths.checkpoints, run.paths.config_json)
+    with workdir_lib.locked(run.paths.root):
+        state, _ = run_lib.restore_state(run, step)
+        return save_model(run, state, run.paths.model)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

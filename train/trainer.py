@@ -148,8 +148,7 @@ def train_loop(session: Session, state: TrainState, stop: StopSignal) -> tuple[i
 
 
 def prepare_workdir(run: Run) -> None:
-    """Check the workdir and model directory and the config against a saved one, then write config.json."""
-    workdir_lib.check_writable(run.paths)
+    """Check the config against the workdir's saved one, then write config.json (the workdir is locked)."""
     workdir_lib.check_resumable(run.config, run.paths)
     run.paths.root.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
@@ -171,8 +170,16 @@ def train_and_evaluate(run: Run) -> dict[str, Any]:
     Returns {"step", "train": last logged train metrics, "eval": last eval metrics, "model": the
     saved model's directory (None in multi-process runs: save it with `python -m train.save_model`
     afterwards)}. Raises NonFiniteLossError on a NaN/inf loss (no checkpoint of the broken state is
-    written) and TrainingInterrupted after saving a checkpoint on SIGTERM/SIGINT.
+    written) and TrainingInterrupted after saving a checkpoint on SIGTERM/SIGINT;
+    `workdir.WorkdirInUseError`, before touching anything, while another process holds the workdir.
     """
+    workdir_lib.check_writable(run.paths)
+    workdir_lib.check_resumable(run.config, run.paths)  # before the lock too: a refused run touches nothing
+    with workdir_lib.locked(run.paths.root, enabled=jax.process_index() == 0):
+        return _train_in_locked_workdir(run)
+
+
+def _train_in_locked_workdir(run: Run) -> dict[str, Any]:
     config, info, is_main = run.config, run.data.info, jax.process_index() == 0
     prepare_workdir(run)
     logger.info("%s: %d classes, %d train / %d eval examples, input %s; %d steps (%d per epoch) on %d devices",

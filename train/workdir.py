@@ -14,15 +14,25 @@ the checkpoints hold or mean, so the run refuses to start, naming the keys, and 
 checkpoint whose arrays do not fit the state is refused the same way
 (`train.checkpoints.CheckpointMismatchError`). To start over with a new config, use a new workdir.
 
+One run at a time: a run holds `run.lock` in its workdir (an OS lock, `locked`) from before it
+reads the saved config until its model is saved; a second run (or `python -m train.save_model`)
+in the same workdir is refused, naming the process that holds it, and touches nothing. The OS
+releases the lock however the holder ends, SIGKILL included, so a killed run resumes.
+
 The workdir and `model_dir` may be URLs `etils.epath` opens (`gs://bucket/run`): their paths are then
 `epath.Path`s, and Orbax writes the checkpoints there directly (`flax_squeezenet.storage.files`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import datetime
+import fcntl
 import json
 import os
+import socket
+from collections.abc import Iterator
 
 import ml_collections
 
@@ -31,6 +41,7 @@ from flax_squeezenet.storage import files
 CONFIG_JSON = "config.json"
 CHECKPOINT_DIR = "checkpoints"
 MODEL_DIR = "model"
+LOCK_FILE = "run.lock"
 PRETRAINED_METADATA = "metadata.json"  # what flax_squeezenet.save_pretrained writes in its directory
 
 RESUMABLE_KEYS = frozenset({
@@ -40,6 +51,40 @@ RESUMABLE_KEYS = frozenset({
     "train_folder", "eval_folder", "eval_split", "eval_batch_size", "cache_images", "num_workers",
     "prefetch", "parallel", "distributed", "coordinator_address", "num_processes", "process_id",
 })  # fmt: skip
+
+
+class WorkdirInUseError(OSError):
+    """Another process holds the workdir's lock: a run, or a save of its model, is under way in it."""
+
+
+@contextlib.contextmanager
+def locked(root: files.AnyPath, enabled: bool = True) -> Iterator[None]:
+    """Hold the workdir `root` (created if absent) for this process while the block runs.
+
+    WorkdirInUseError naming the holder (pid, host, start time, as written in `LOCK_FILE`) if
+    another process holds it. The lock is the OS's (`flock`), so it ends with its process however
+    that ends (tests/test_workdir_lock.py). Object stores have no locks: a remote workdir, or
+    `enabled=False` (the processes of a multi-process run other than the first), is not locked.
+    """
+    if not enabled or files.is_remote(root):
+        yield
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, files.FILE_MODE)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(descriptor, 1024, 0).decode(errors="replace").strip() or "another process"
+            raise WorkdirInUseError(f"workdir {root} is in use by {holder}: wait until it ends, or use "
+                                    "another --workdir") from None  # fmt: skip
+        started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, f"pid {os.getpid()} on {socket.gethostname()} (started {started})\n".encode(), 0)
+        yield
+        os.ftruncate(descriptor, 0)
+    finally:
+        os.close(descriptor)  # releases the lock
 
 
 class ConfigMismatchError(ValueError):

@@ -7,7 +7,16 @@ import logging
 import sys
 from typing import NoReturn
 
+from flax_squeezenet.storage import files
+
 USAGE_ERROR = 2  # argparse's status for a bad command line
+
+
+class UsageError(ValueError):
+    """A command line that asks for something impossible, found before any work: status `USAGE_ERROR`."""
+
+
+USAGE_ERRORS = (UsageError, files.OutputPathError)  # what a command reports with status USAGE_ERROR
 
 
 class OneLineErrorParser(argparse.ArgumentParser):

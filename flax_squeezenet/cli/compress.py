@@ -4,7 +4,9 @@ Prunes by magnitude (with --density), shares weights (--bits per weight), Huffma
 into a `.sqz` file (`load_pretrained` reads it) or writes the paper's `.net` format, then prints the
 sizes and the largest logit change. Compression with retraining (prune -> retrain -> share ->
 fine-tune) is the training program's: `python -m train.compress` from the checkout, which takes
-these arguments too. Errors the user can fix print one line on stderr and exit with status 1.
+these arguments too. Errors the user can fix print one line on stderr and exit with status 1; an
+--output that is one of the inputs, or whose suffix is not --format's (.sqz, .net), is refused before
+any work with status 2.
 """
 
 from __future__ import annotations
@@ -16,14 +18,16 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
+from flax_squeezenet.cli.common import USAGE_ERROR, USAGE_ERRORS
 from flax_squeezenet.compression import FORMATS, compress, save_compressed
-from flax_squeezenet.compression.api import variant_name
+from flax_squeezenet.compression.api import FORMAT_SUFFIXES, variant_name
 from flax_squeezenet.compression.pruning import kernel_density
 from flax_squeezenet.compression.rounding import WEIGHT_ROUNDINGS
 from flax_squeezenet.compression.sensitivity import sensitivity_densities
+from flax_squeezenet.storage import files
 from flax_squeezenet.storage.download import DownloadError
 from flax_squeezenet.weights.netfile import check_net_model
-from flax_squeezenet.weights.pretrained import input_convention, load_pretrained
+from flax_squeezenet.weights.pretrained import input_convention, load_pretrained, source_paths
 from flax_squeezenet.zoo.models import count_params
 from flax_squeezenet.zoo.xla_options import compiler_options
 
@@ -113,21 +117,24 @@ def check_format_holds(module, file_format: str) -> None:
         check_net_model(variant_name(module), module.in_channels, module.num_classes)
 
 
-def check_compression_arguments(args: argparse.Namespace) -> None:
-    """ValueError for argument combinations no compression can run."""
+def check_compression_arguments(args: argparse.Namespace, images: Sequence[str] = ()) -> None:
+    """ValueError for argument combinations no compression can run; `files.OutputPathError` for an
+    --output named for another format or that is one of the inputs (the weights, `images`)."""
     if args.density is not None and not 0.0 < args.density <= 1.0:
         raise ValueError(f"--density must be in (0, 1], got {args.density}")
     if args.density_plan == "sensitivity" and args.density is None:
         raise ValueError("--density-plan sensitivity spreads --density over the layers: give --density")
     if args.format == "net" and args.bits != 8:
         raise ValueError(f"the .net format holds 8-bit shared weights, got --bits {args.bits}")
+    files.check_suffix(args.output, FORMAT_SUFFIXES[args.format], args.format)
+    files.check_output_is_not_input(args.output, *source_paths(args.weights), *images)
 
 
 def run(args: argparse.Namespace, overrides: Sequence[str] = ()) -> str:
     """Compress as the command line says; the summary to print."""
     if args.retrain_workdir is not None or args.config is not None or overrides:
         raise ValueError(RETRAINING_MOVED)
-    check_compression_arguments(args)
+    check_compression_arguments(args, args.images or ())
     if args.density_plan == "sensitivity" and not args.images:
         raise ValueError("--density-plan sensitivity measures each layer on images: give --images "
                          "(or retrain with python -m train.compress, which measures them on the training data)")  # fmt: skip
@@ -165,6 +172,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         print(run(args, overrides))
+    except USAGE_ERRORS as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return USAGE_ERROR
     except (OSError, ValueError, ImportError, DownloadError) as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 1

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+import os
 
 import numpy as np
 
+from flax_squeezenet.cli.common import UsageError
 from flax_squeezenet.compression.rounding import WEIGHT_ROUNDINGS
 from flax_squeezenet.deploy import onnx_int8, tflite
 from flax_squeezenet.deploy.onnx import save_onnx
@@ -28,8 +31,9 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         help="folder of images to calibrate --int8 on (a quarter is held back to check the result)",
     )  # fmt: skip
     group.add_argument(
-        "--input-shape", type=parse_input_shape, metavar="NxCxHxW",
-        help="fix the input shape (e.g. 1x3x224x224) for static-shape toolchains; default: free batch and size "
+        "--input-shape", type=parse_input_shape, metavar="SHAPE",
+        help="fix the input shape in the target's layout for static-shape toolchains: onnx NxCxHxW (e.g. "
+        "1x3x224x224), tflite NxHxWxC (e.g. 1x224x224x3); default: free batch and size "
         "(tflite: NHWC at --image-size, batch 1 that the interpreter may resize)",
     )  # fmt: skip
     group.add_argument(
@@ -40,23 +44,73 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--std", type=float, nargs="+", help="calibration normalisation (default: the weights' own)")
 
 
+LAYOUTS = {"onnx": "NCHW", "tflite": "NHWC"}  # the input layout of each --format's file
+
+
 def parse_input_shape(text: str) -> tuple[int, ...]:
-    """(N, C, H, W) from "NxCxHxW"."""
+    """The four sizes of "AxBxCxD", in the order written (their layout depends on --format: `input_shape`)."""
     try:
         shape = tuple(int(part) for part in text.lower().split("x"))
     except ValueError:
         shape = ()
     if len(shape) != 4 or min(shape) < 1:
-        raise argparse.ArgumentTypeError(f"expected NxCxHxW of positive integers (e.g. 1x3x224x224), got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected four positive integers: NxCxHxW for onnx (e.g. 1x3x224x224), "
+                                         f"NxHxWxC for tflite (e.g. 1x224x224x3), got {text!r}")  # fmt: skip
     return shape
 
 
+def input_shape(args: argparse.Namespace) -> tuple[int, int, int, int] | None:
+    """--input-shape as (N, C, H, W), read in the layout of --format's file (`LAYOUTS`)."""
+    if args.input_shape is None:
+        return None
+    if args.format == "tflite":
+        batch, height, width, channels = args.input_shape
+        return batch, channels, height, width
+    return tuple(args.input_shape)
+
+
+def check_input_shape(args: argparse.Namespace, module) -> None:
+    """UsageError naming the layout if --input-shape does not fit the model."""
+    shape = input_shape(args)
+    if shape is None:
+        return
+    layout, written = LAYOUTS[args.format], "x".join(map(str, args.input_shape))
+    batch, channels, height, width = shape
+    if channels != module.in_channels:
+        expected = f"Nx{module.in_channels}xHxW" if layout == "NCHW" else f"NxHxWx{module.in_channels}"
+        raise UsageError(f"--input-shape {written}: expected an input shape {expected} ({layout}, the {args.format} "
+                         f"layout) for this {module.in_channels}-channel model, got {channels} channels")  # fmt: skip
+    if min(height, width) < module.min_input_size:
+        raise UsageError(f"--input-shape {written} ({layout}, the {args.format} layout): height and width must be "
+                         f"at least {module.min_input_size}, got {height}x{width}")  # fmt: skip
+
+
+def physical_memory_bytes() -> int:
+    """This machine's physical memory."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_fits_in_memory(module, batch: int, height: int, width: int, option: str) -> None:
+    """UsageError, before anything is allocated, if checking the export on `batch` images of
+    `height` x `width` cannot fit in this machine's memory.
+
+    The bound is what the check must hold at once at the least: the input batch and the stem
+    convolution's output, float32 (tests/test_output_paths.py::test_an_input_too_large_for_memory_is_refused).
+    """
+    stem = module.plan[0]
+    pixels = batch * (height * width * module.in_channels
+                      + math.ceil(height / stem.stride) * math.ceil(width / stem.stride) * stem.out_channels)  # fmt: skip
+    needed, available = 4 * pixels, physical_memory_bytes()
+    if needed > available:
+        raise UsageError(f"{option}: checking the export needs at least {needed / 2**30:,.0f} GiB for "
+                         f"{batch} input(s) of {height}x{width}, more than this machine's "
+                         f"{available / 2**30:,.0f} GiB of memory")  # fmt: skip
+
+
 def check_options(args: argparse.Namespace, module) -> None:
-    """Raise ValueError if the device options contradict each other or the model."""
+    """Raise ValueError if the device options contradict each other (`check_input_shape`: the model)."""
     if args.int8 != (args.calibration is not None):
         raise ValueError("--int8 and --calibration IMAGES go together")
-    if args.input_shape is not None and min(args.input_shape[2:]) < module.min_input_size:
-        raise ValueError(f"--input-shape: height and width must be at least {module.min_input_size}")
 
 
 def calibration_convention(args: argparse.Namespace, module, convention: InputConvention | None):
@@ -73,10 +127,15 @@ def calibration_convention(args: argparse.Namespace, module, convention: InputCo
                                          std=tuple(args.std)), mean=tuple(args.mean), std=tuple(args.std))  # fmt: skip
     if convention is None and module.in_channels == 3:
         convention = IMAGENET
-    size = args.input_shape[2] if args.input_shape is not None else args.image_size
+    size = input_shape(args)[2] if args.input_shape is not None else args.image_size
     if convention is None or size is None or size == convention.crop_size:
         return convention
     return dataclasses.replace(convention, crop_size=size, resize_size=RESIZE_SIZE if size == CROP_SIZE else size)
+
+
+def calibration_split(args: argparse.Namespace) -> tuple[list, list]:
+    """(calibration, held back) files of --calibration, as both int8 exports split them."""
+    return onnx_int8.split_held_back(onnx_int8.image_files(args.calibration), onnx_int8.HELD_BACK, onnx_int8.MAX_IMAGES)
 
 
 def export(args: argparse.Namespace, module, variables, convention: InputConvention | None,
@@ -84,64 +143,50 @@ def export(args: argparse.Namespace, module, variables, convention: InputConvent
     """Write the int8 or fixed-shape ONNX export the options ask for, with `class_names`; the line
     that reports its check.
 
-    Calibration and the check prepare images by the weights' own input `convention`.
+    Calibration and the check prepare images by the weights' own input `convention`. The file
+    appears only once its check has run.
     """
     check_options(args, module)
     convention = calibration_convention(args, module, convention)
+    shape = input_shape(args)
     if args.int8:
-        calibration, held_back_files = onnx_int8.split_held_back(
-            onnx_int8.image_files(args.calibration), onnx_int8.HELD_BACK, onnx_int8.MAX_IMAGES
-        )
+        calibration, held_back_files = calibration_split(args)
         held_back = onnx_int8.calibration_images(held_back_files, module.in_channels, convention)
-        path = save_onnx(
-            module, variables, args.output, preprocessing=convention, int8=True,
-            calibration=calibration, input_shape=args.input_shape, weight_rounding=args.weight_rounding,
-            class_names=class_names,
-        )  # fmt: skip
-        result = onnx_int8.agreement(
-            onnx_int8.flax_logits(module, variables, held_back), onnx_int8.run_onnx(path, held_back)
-        )
-        return (
-            f"wrote int8 {path}; vs Flax on {result.images} held-back images: top-1 agreement "
-            f"{100 * result.top1_agreement:.1f}%, max |logit difference| {result.max_logit_difference:.2f}"
-        )
-    path = save_onnx(module, variables, args.output, preprocessing=convention, input_shape=args.input_shape,
-                     class_names=class_names)  # fmt: skip
-    batch, channels, height, width = args.input_shape
+        with files.atomic_file(args.output) as staging:
+            save_onnx(module, variables, staging, preprocessing=convention, int8=True, calibration=calibration,
+                      input_shape=shape, weight_rounding=args.weight_rounding, class_names=class_names)  # fmt: skip
+            result = onnx_int8.agreement(onnx_int8.flax_logits(module, variables, held_back),
+                                        onnx_int8.run_onnx(staging, held_back))  # fmt: skip
+        return f"wrote int8 {files.user_path(args.output)}; {result.describe()}"
+    batch, channels, height, width = shape
     images = np.random.default_rng(0).standard_normal((batch, height, width, channels)).astype(np.float32)
-    result = onnx_int8.agreement(onnx_int8.flax_logits(module, variables, images), onnx_int8.run_onnx(path, images))
-    shape = "x".join(map(str, args.input_shape))
-    return f"wrote {path} (input {shape}); onnxruntime vs Flax: max |difference| {result.max_logit_difference:.2e}"
+    with files.atomic_file(args.output) as staging:
+        save_onnx(module, variables, staging, preprocessing=convention, input_shape=shape, class_names=class_names)
+        result = onnx_int8.agreement(onnx_int8.flax_logits(module, variables, images), onnx_int8.run_onnx(staging, images))
+    return (f"wrote {files.user_path(args.output)} (input {'x'.join(map(str, shape))} NCHW); onnxruntime vs Flax: "
+            f"max |difference| {result.max_logit_difference:.2e}")  # fmt: skip
 
 
 def export_tflite(args: argparse.Namespace, module, variables, convention: InputConvention | None,
                   class_names: list[str] | None) -> str:  # fmt: skip
     """Write the LiteRT export the options ask for (float32, or int8 with --int8), with
-    `class_names` as its labels; the line that reports its check against the Flax model.
-    Calibration prepares images by the weights' own input `convention`."""
+    `class_names` as its labels; the line that reports its check against the Flax model. Calibration prepares images by the weights' own
+    input `convention`. The file appears only once its check has run."""
     check_options(args, module)
     convention = calibration_convention(args, module, convention)
     size = args.image_size or (CROP_SIZE if convention is None else convention.crop_size)
     batch, height, width = None, size, size
     if args.input_shape is not None:
-        batch, channels, height, width = args.input_shape
-        if channels != module.in_channels:
-            raise ValueError(
-                f"expected an input shape Nx{module.in_channels}xHxW for this model, got {channels} channels"
-            )
+        batch, _, height, width = input_shape(args)
     shape = f"{batch or 1}x{height}x{width}x{module.in_channels} NHWC" + ("" if batch else ", batch resizable")
     if args.int8:
         if height != width:
-            raise ValueError(f"expected a square --input-shape for --int8 (H = W), got {height}x{width}")
-        result = tflite.save_tflite_from_folder(
-            module, variables, args.output, args.calibration, preprocessing=convention, batch=batch,
-            class_names=class_names,
-        )
-        return (
-            f"wrote int8 {files.user_path(args.output)} (input {shape}); vs Flax on {result.images} held-back "
-            f"images: top-1 agreement {100 * result.top1_agreement:.1f}%, "
-            f"max |logit difference| {result.max_logit_difference:.2f}"
-        )
+            raise UsageError(f"expected a square --input-shape for --int8 (H = W), got {height}x{width}")
+        with files.atomic_file(args.output) as staging:
+            result = tflite.save_tflite_from_folder(module, variables, staging, args.calibration,
+                                                    preprocessing=convention, batch=batch,
+                                                    class_names=class_names)  # fmt: skip
+        return f"wrote int8 {files.user_path(args.output)} (input {shape}); {result.describe()}"
     images = np.random.default_rng(0).standard_normal((batch or 2, height, width, module.in_channels))
     images = images.astype(np.float32)
     with files.atomic_file(args.output) as staging:
@@ -152,3 +197,15 @@ def export_tflite(args: argparse.Namespace, module, variables, convention: Input
         f"wrote {files.user_path(args.output)} (float32, input {shape}); LiteRT vs Flax: "
         f"max |difference| {result.max_logit_difference:.2e}"
     )
+
+
+def check_sizes(args: argparse.Namespace, module, image_size: int) -> None:
+    """UsageError if checking (or calibrating) the export at --input-shape or `image_size` cannot fit in memory."""
+    shape = input_shape(args)
+    if shape is None:
+        batch, height, width, option = 2, image_size, image_size, f"--image-size {image_size}"
+    else:
+        (batch, _, height, width), option = shape, f"--input-shape {'x'.join(map(str, args.input_shape))}"
+    if args.int8:
+        batch = max(batch, onnx_int8.CALIBRATION_BATCH)
+    check_fits_in_memory(module, batch, height, width, option)

@@ -3,7 +3,9 @@
 The file appears only once the export is complete and onnxruntime agrees with Flax on it; an
 existing file at `--output` is kept if anything fails. Errors the user can fix (missing weights,
 weights that don't fit the model or are unsafe to read, no network for a download) print one line
-on stderr and exit with status 1; a bad command line exits with status 2.
+on stderr and exit with status 1; a bad command line exits with status 2, as does an --output that
+is one of the inputs (the weights, a calibration image) or is not named for --format, and an input
+shape or image size whose check cannot fit in memory.
 """
 
 from __future__ import annotations
@@ -17,17 +19,25 @@ import jax.numpy as jnp
 import numpy as np
 
 from flax_squeezenet.cli import device_export
-from flax_squeezenet.cli.common import OneLineErrorParser, positive_int, quiet_library_logs
+from flax_squeezenet.cli.common import USAGE_ERROR, USAGE_ERRORS, OneLineErrorParser, positive_int, quiet_library_logs
+from flax_squeezenet.deploy import onnx_int8
 from flax_squeezenet.deploy.onnx import save_onnx
 from flax_squeezenet.storage import files
 from flax_squeezenet.storage.download import DownloadError
 from flax_squeezenet.weights.imagenet import NUM_CLASSES, imagenet_class_names
 from flax_squeezenet.weights.preprocess import CROP_SIZE
-from flax_squeezenet.weights.pretrained import PRETRAINED, input_convention, load_pretrained, saved_class_names
+from flax_squeezenet.weights.pretrained import (
+    PRETRAINED,
+    input_convention,
+    load_pretrained,
+    saved_class_names,
+    source_paths,
+)
 from flax_squeezenet.zoo.models import MODELS, create_model
 
 PROG = "squeezenet-export"
 DEFAULT_MODEL = "squeezenet1_1"
+SUFFIXES = {"onnx": ".onnx", "tflite": ".tflite"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -121,37 +131,55 @@ def check_export(path: str, module, variables, image_size: int) -> float:
     return float(np.max(np.abs(got - expected)))
 
 
-def check_output(output: str) -> None:
-    """Raise ValueError if `output` cannot be a file to write (checked before any work is done)."""
+def check_output(args: argparse.Namespace) -> None:
+    """Raise ValueError if --output cannot be a file to write, `files.OutputPathError` if it is named
+    for another format or would overwrite what the command reads (checked before any work is done)."""
+    output = args.output
     path = files.user_path(output)
     if path.is_dir():
         raise ValueError(f"--output {output} is a directory: expected a file path such as model.onnx")
     blocking = next((parent for parent in path.parents if parent.exists()), None)
     if blocking is not None and not blocking.is_dir():
         raise ValueError(f"--output {output}: {blocking} is a file, not a directory")
+    files.check_suffix(output, SUFFIXES[args.format], args.format)
+    weights = [] if args.weights is None else source_paths(args.weights)
+    calibration = [] if args.calibration is None else onnx_int8.image_files(args.calibration)
+    files.check_output_is_not_input(output, *weights, *calibration)
+
+
+def warn_of_a_small_calibration_set(args: argparse.Namespace) -> None:
+    """Tell the user, after an int8 export, that its calibration set was too small to trust the file."""
+    if args.int8:
+        warning = onnx_int8.calibration_warning(len(device_export.calibration_split(args)[0]))
+        if warning is not None:
+            print(f"{PROG}: warning: {warning}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     quiet_library_logs()
     try:
-        check_output(args.output)
+        check_output(args)
         module, variables = load_module(args)
         if args.image_size is not None and args.image_size < module.min_input_size:
             raise ValueError(f"--image-size must be at least {module.min_input_size}, got {args.image_size}")
         source = None if args.random_init else args.weights or args.model or DEFAULT_MODEL
         convention = None if source is None else input_convention(source)
         names = class_names(source, module)
-        if args.format == "tflite":
-            print(device_export.export_tflite(args, module, variables, convention, names))
-            return 0
-        if args.int8 or args.calibration or args.input_shape:
-            print(device_export.export(args, module, variables, convention, names))
-            return 0
         image_size = args.image_size or (CROP_SIZE if convention is None else convention.crop_size)
+        device_export.check_input_shape(args, module)
+        device_export.check_sizes(args, module, image_size)
+        if args.format == "tflite" or args.int8 or args.calibration or args.input_shape:
+            write = device_export.export_tflite if args.format == "tflite" else device_export.export
+            print(write(args, module, variables, convention, names))
+            warn_of_a_small_calibration_set(args)
+            return 0
         with files.atomic_file(args.output) as staging:
             save_onnx(module, variables, staging, preprocessing=convention, class_names=names)
             difference = check_export(str(staging), module, variables, image_size)
+    except USAGE_ERRORS as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return USAGE_ERROR
     except (OSError, ValueError, ImportError, DownloadError) as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 1

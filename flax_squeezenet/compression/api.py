@@ -18,12 +18,14 @@ from flax_squeezenet.compression.adaptive import adaround_shared
 from flax_squeezenet.compression.finetune import stored_input
 from flax_squeezenet.compression.rounding import WEIGHT_ROUNDINGS
 from flax_squeezenet.compression.sharing import share_weights
+from flax_squeezenet.storage import files
 from flax_squeezenet.weights import formats, netfile, pretrained, sqz
 from flax_squeezenet.weights.compressed import CompressedModel, check_bits
 from flax_squeezenet.weights.deepcompression import fold_caffe_input, load_deep_compression
 from flax_squeezenet.zoo.models import MODELS, SqueezeNet
 
 FORMATS = ("squeezenet", "net")
+FORMAT_SUFFIXES = {"squeezenet": sqz.SUFFIX, "net": ".net"}
 
 
 def variant_name(module: SqueezeNet) -> str:
@@ -129,10 +131,12 @@ def compress(
 
 def save_compressed(compressed: CompressedModel, path: str | os.PathLike, *, format: str | None = None) -> pathlib.Path:
     """Write `compressed` to `path`: `format` "squeezenet" (the `.sqz` file `load_pretrained`
-    reads) or "net" (the paper's file); by default "net" for a `.net` path, else "squeezenet"."""
+    reads) or "net" (the paper's file); by default "net" for a `.net` path, else "squeezenet".
+    `files.OutputPathError` if `path`'s suffix is not the format's (load_pretrained reads by suffix)."""
     format = format or ("net" if pathlib.Path(path).suffix == ".net" else "squeezenet")
     if format not in FORMATS:
         raise ValueError(f"unknown format {format!r}; expected one of {', '.join(FORMATS)}")
+    files.check_suffix(path, FORMAT_SUFFIXES[format], format)
     if format == "net":
         return netfile.save_net(compressed, path)
     return sqz.save_compressed_file(compressed, path)

@@ -167,6 +167,7 @@ def save_onnx(
         proto = to_onnx(module, weights)
         return proto if input_shape is None else onnx_int8.with_fixed_input_shape(proto, input_shape)
 
+    files.check_output_is_not_input(path, *onnx_int8.calibration_files(calibration))
     model = export(variables)
     if int8:
         images = onnx_int8.calibration_images(calibration, module.in_channels, preprocessing, input_shape)

@@ -14,6 +14,7 @@ Needs `onnx` and `onnxruntime` (the `export` extra).
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import pathlib
 import tempfile
@@ -32,6 +33,15 @@ FLOAT_NODES = ("pooled",)  # the node names export.to_onnx gives; see the module
 CALIBRATION_BATCH = 16
 HELD_BACK = 0.25  # of a calibration folder, set aside to check the int8 model against the Flax model
 MAX_IMAGES = 300  # per part (calibration, held back): bounds memory and calibration time
+# Fewer calibration images than this give int8 files whose logits stray further from the float
+# model's on other photos, by how much depending on which photos were drawn: on 100 test photos the
+# LiteRT file's largest logit difference is 8-12 for some draws of 8, 16 or 32 photos, at most 4 from
+# 64 on (bench/calibration_size.py).
+MIN_CALIBRATION_IMAGES = 64
+# Below this many held-back images even 100% agreement has a 95% interval reaching under 89%:
+# the figure is printed as no verdict (tests/test_int8.py::test_agreement_on_few_images_is_no_verdict).
+MIN_VERDICT_IMAGES = 30
+CONFIDENCE_Z = 1.96  # the normal quantile of a two-sided 95% interval
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,13 +52,44 @@ class Agreement:
     top1_agreement: float
     max_logit_difference: float
 
+    def top1_interval(self) -> tuple[float, float]:
+        """The Wilson 95% interval of the top-1 agreement over images like these.
+
+        Written out (three lines) rather than taken from statsmodels, which the project does not need otherwise.
+        """
+        n, p, z2 = self.images, self.top1_agreement, CONFIDENCE_Z**2
+        centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+        half = CONFIDENCE_Z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+        return max(0.0, centre - half), min(1.0, centre + half)
+
+    def describe(self, images: str = "held-back images") -> str:
+        """The one-line report of this agreement: the figure, its 95% interval, and below
+        `MIN_VERDICT_IMAGES` images a warning that it is no verdict."""
+        low, high = self.top1_interval()
+        caveat = (f"; fewer than {MIN_VERDICT_IMAGES} images: no verdict, check the file on your own images"
+                  if self.images < MIN_VERDICT_IMAGES else "")  # fmt: skip
+        return (f"vs Flax on {self.images} {images}: top-1 agreement {100 * self.top1_agreement:.1f}% "
+                f"(95% interval {100 * low:.0f}-{100 * high:.0f}%{caveat}), "
+                f"max |logit difference| {self.max_logit_difference:.2f}")  # fmt: skip
+
+
+def calibration_warning(calibration_images: int) -> str | None:
+    """What to tell a user calibrating on `calibration_images` images; None when they are enough
+    (`MIN_CALIBRATION_IMAGES`)."""
+    if calibration_images >= MIN_CALIBRATION_IMAGES:
+        return None
+    folder = math.ceil(MIN_CALIBRATION_IMAGES / (1 - HELD_BACK))
+    return (f"calibrating on {calibration_images} images: fewer than {MIN_CALIBRATION_IMAGES} give int8 files that "
+            f"agree less, and less predictably, with the float model (bench/calibration_size.py); "
+            f"give a folder of at least {folder} images")  # fmt: skip
+
 
 def image_files(folder: str | os.PathLike) -> list[pathlib.Path]:
     """The image files (by suffix) under `folder`, recursively, sorted; ValueError if there are none."""
     folder = pathlib.Path(folder)
     if not folder.is_dir():
         raise ValueError(f"calibration folder {folder} does not exist or is not a directory")
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = _images_in(folder)
     if not files:
         raise ValueError(
             f"calibration folder {folder} holds no images (expected files ending in {', '.join(IMAGE_SUFFIXES)})"
@@ -232,6 +273,20 @@ def flax_logits(module: SqueezeNet, variables: Mapping[str, Any], images_nhwc: n
         np.asarray(apply(variables, images_nhwc[i : i + CALIBRATION_BATCH]))
         for i in range(0, len(images_nhwc), CALIBRATION_BATCH)
     ])  # fmt: skip
+
+
+def _images_in(folder: pathlib.Path) -> list[pathlib.Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def calibration_files(calibration: Any) -> list[pathlib.Path]:
+    """The image files `calibration_images(calibration, ...)` would read (none for prepared images);
+    raises nothing: `calibration_images` reports what is wrong with them."""
+    if calibration is None or isinstance(calibration, np.ndarray):
+        return []
+    if isinstance(calibration, (str, os.PathLike)):
+        return _images_in(pathlib.Path(calibration)) if pathlib.Path(calibration).is_dir() else []
+    return [pathlib.Path(p) for p in calibration]
 
 
 def calibration_images(

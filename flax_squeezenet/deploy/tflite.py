@@ -633,11 +633,13 @@ def save_tflite_from_folder(
     `preprocessing`, the weights' own input convention (`onnx_int8.calibration_images`: ImageNet's
     by default for 3 channels); the returned `Agreement` compares the written file, in the LiteRT
     interpreter, with the Flax model on the held-back images. `class_names` as for `to_tflite`.
+    `files.OutputIsInputError` if `path` is one of the images.
     """
     require_litert()
     calibration_files, held_back_files = onnx_int8.split_held_back(
         onnx_int8.image_files(folder), onnx_int8.HELD_BACK, onnx_int8.MAX_IMAGES
     )
+    files.check_output_is_not_input(path, *calibration_files, *held_back_files)
     calibration = onnx_int8.calibration_images(calibration_files, module.in_channels, preprocessing)
     held_back = onnx_int8.calibration_images(held_back_files, module.in_channels, preprocessing)
     written = save_tflite(module, variables, path, int8=True, calibration=calibration,

@@ -201,3 +201,57 @@ def _renamed_directory(directory: pathlib.Path) -> Iterator[pathlib.Path]:
         shutil.rmtree(retired)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+class OutputPathError(ValueError):
+    """An output path that cannot be written as asked; found before anything is written."""
+
+
+class OutputIsInputError(OutputPathError):
+    """Writing the output would replace or change a file or directory the same command reads."""
+
+
+def check_suffix(path: str | os.PathLike, suffix: str, format: str) -> None:
+    """Raise OutputPathError unless `path` ends in `suffix` (any case), the one a file in `format` has.
+
+    A file named for another format is then read as that one (tests/test_output_paths.py).
+    """
+    if pathlib.PurePath(os.fspath(path)).suffix.lower() != suffix:
+        raise OutputPathError(f"{os.fspath(path)}: format {format} writes *{suffix} files; "
+                              f"expected an output path ending in {suffix}")  # fmt: skip
+
+
+def check_output_is_not_input(output: str | os.PathLike, *inputs: str | os.PathLike) -> None:
+    """Raise OutputIsInputError, before anything is written, if writing `output` could lose one of `inputs`.
+
+    Refused: `output` is an input (the same path, a symlink to it, a hard link of it); `output`
+    lies inside an input directory (a calibration folder, a save_pretrained directory); or an input
+    lies inside `output` (a directory output replaces everything in it). URLs are compared by text.
+    """
+    target = _comparable(output)
+    for source in inputs:
+        read = _comparable(source)
+        if target == read or _is_within(target, read) or _is_within(read, target) or _same_file(output, source):
+            raise OutputIsInputError(
+                f"the output {os.fspath(output)} would overwrite the input {os.fspath(source)}: "
+                "write to a path outside what the command reads"
+            )
+
+
+def _comparable(path: str | os.PathLike) -> str:
+    """`path` with symlinks resolved (local) or its trailing slash dropped (URL)."""
+    return os.fspath(user_path(path)).rstrip("/") if is_remote(path) else os.path.realpath(user_path(path))
+
+
+def _is_within(path: str, directory: str) -> bool:
+    return path.startswith(directory.rstrip("/") + "/")
+
+
+def _same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether `a` and `b` are one local file under two names (hard links)."""
+    if is_remote(a) or is_remote(b):
+        return False
+    try:
+        return os.path.samefile(user_path(a), user_path(b))
+    except OSError:  # either does not exist yet
+        return False

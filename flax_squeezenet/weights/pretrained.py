@@ -277,6 +277,17 @@ def check_source(name_or_path: str | os.PathLike) -> None:
         _existing_path(name_or_path)
 
 
+def source_paths(name_or_path: str | os.PathLike) -> list[files.AnyPath]:
+    """The files and directories on disk (or at a URL) that `load_pretrained(name_or_path)` reads:
+    none for a published or Hub name, both files of an ncnn pair, else the path itself."""
+    if _is_named(name_or_path) or str(name_or_path).startswith(safetensors_io.HUB_PREFIX):
+        return []
+    path = files.user_path(name_or_path)
+    if path.suffix in (".param", ".bin"):
+        return [path.with_suffix(".param"), path.with_suffix(".bin")]
+    return [path]
+
+
 def _is_named(name_or_path: str | os.PathLike) -> bool:
     return isinstance(name_or_path, str) and name_or_path in PRETRAINED
 
