@@ -27,7 +27,7 @@ FENCE = re.compile(r"^(?P<marker><!-- no-run: (?P<reason>[^>]*?) -->\n)?```(?P<l
                    re.DOTALL | re.MULTILINE)  # fmt: skip
 # What each page's examples leave in the folder they run in, and nothing else.
 WRITTEN = {"docs/models.md": ["my_model"], "docs/weights.md": ["squeezenet1_1_hub"],
-           "docs/compression.md": ["sq11_8bit.sqz"]}  # fmt: skip
+           "docs/compression.md": ["paper.sqz"]}  # fmt: skip
 CLI_PARSERS = {"squeezenet-predict": "flax_squeezenet.cli.predict", "squeezenet-export": "flax_squeezenet.cli.export",
                "squeezenet-info": "flax_squeezenet.cli.info", "squeezenet-compress": "flax_squeezenet.cli.compress",
                "flax_squeezenet.cli.compress": "flax_squeezenet.cli.compress"}  # fmt: skip
@@ -37,8 +37,11 @@ def blocks(page: pathlib.Path, lang: str) -> list[re.Match]:
     return [match for match in FENCE.finditer(page.read_text()) if match["lang"] == lang]
 
 
-def runnable_blocks(page: pathlib.Path) -> list[str]:
-    return [match["code"] for match in blocks(page, "python") if not match["marker"]]
+def runnable_blocks(page: pathlib.Path) -> list[tuple[int, str]]:
+    """The page's Python blocks to run, each with the number of lines before it (for tracebacks)."""
+    text = page.read_text()
+    return [(text.count("\n", 0, match.start("code")), match["code"])
+            for match in blocks(page, "python") if not match["marker"]]  # fmt: skip
 
 
 def test_every_no_run_marker_precedes_a_python_block_and_gives_a_reason():
@@ -62,8 +65,8 @@ def test_page_examples_run(page, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(work)
     monkeypatch.setenv("FLAX_SQUEEZENET_CACHE", str(tmp_path / "cache"))  # nothing downloaded, nothing shared
     namespace = {}
-    for code in runnable_blocks(ROOT / page):
-        exec(compile(code, str(ROOT / page), "exec"), namespace)  # noqa: S102 (our own docs)
+    for line, code in runnable_blocks(ROOT / page):
+        exec(compile("\n" * line + code, str(ROOT / page), "exec"), namespace)  # noqa: S102 (our own docs)
     assert sorted(os.listdir(work)) == WRITTEN[page]
     if page == "docs/weights.md":
         assert (work / "squeezenet1_1_hub" / "model.safetensors").is_file()
