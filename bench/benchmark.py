@@ -5,7 +5,7 @@ For each model (squeezenet1_0, squeezenet1_1 by default) and each engine:
                       (bf16: dtype=bfloat16 compute, float32 parameters)
   jax-f32-xla-default jax-f32 jitted with XLA's default options, to show what the options are worth
   torch-eager         PyTorch eager, torchvision's architecture (bench/torch_reference.py)
-  ort-ours            ONNX Runtime on `flax_squeezenet.export` output
+  ort-ours            ONNX Runtime on `flax_squeezenet.deploy.onnx` output
   ort-torch           ONNX Runtime on the same architecture exported by torch.onnx.export
 it measures batch-1 latency, batch-B inference images/s, and (jax, torch) the images/s of a
 training step: for jax the training program's own step (`train.steps.train_step` on the state
@@ -235,12 +235,12 @@ def worker_ort(config: dict) -> dict:
 
 
 def _export(config: dict, path: str) -> None:
-    """Write the model's ONNX export: ours (flax_squeezenet.export) or torch.onnx.export's."""
+    """Write the model's ONNX export: ours (flax_squeezenet.deploy.onnx) or torch.onnx.export's."""
     if config["engine"] == "ort-ours":
         import jax
         import jax.numpy as jnp
 
-        from flax_squeezenet.export import save_onnx
+        from flax_squeezenet.deploy.onnx import save_onnx
 
         model = _jax_model(config, "float32")
         variables = model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))

@@ -28,9 +28,10 @@ import time
 import jax
 import numpy as np
 
-from flax_squeezenet import compiler_options, count_params, load_pretrained, preprocess
+from flax_squeezenet import compiler_options, count_params, load_pretrained
 from flax_squeezenet.compression import compress, save_compressed
 from flax_squeezenet.compression.finetune import distill_codebooks
+from flax_squeezenet.weights import preprocess
 
 SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared"
 PAPER = "pretrained/deepcompression_squeezenet1_0.net"

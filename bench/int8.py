@@ -5,7 +5,7 @@ calibrate, the others are held back. For each variant (weight rounding, nodes ke
 reports the top-1 agreement with the float32 ONNX model and the largest logit difference on the
 held-back photos, the top-1 accuracy on those of them with an ImageNet-1k label, and the file size.
 Then the images/s of float32 and the chosen int8 file (`flax_squeezenet.save_onnx(int8=True)`: AdaRound
-weights, `quantize.FLOAT_NODES` in float) in onnxruntime (CPU provider, default options) at batch
+weights, `onnx_int8.FLOAT_NODES` in float) in onnxruntime (CPU provider, default options) at batch
 32 and batch 1, alternating the two models each repeat, as medians.
 
     python bench/int8.py --out bench_results/int8.json
@@ -28,11 +28,11 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import flax_squeezenet as fsq  # noqa: E402
-from flax_squeezenet import int8_rounding, quantize, tflite  # noqa: E402
+from flax_squeezenet.deploy import int8_rounding, onnx_int8, tflite  # noqa: E402
 
 VARIANTS = {  # name: (weight rounding, nodes kept in float)
-    "AdaRound weights, average pool in float (--weight-rounding adaround)": ("adaround", quantize.FLOAT_NODES),
-    "nearest weights, average pool in float (the default)": ("nearest", quantize.FLOAT_NODES),
+    "AdaRound weights, average pool in float (--weight-rounding adaround)": ("adaround", onnx_int8.FLOAT_NODES),
+    "nearest weights, average pool in float (the default)": ("nearest", onnx_int8.FLOAT_NODES),
 }
 
 
@@ -57,7 +57,7 @@ def accuracy_rows(model, variables, calibration, held_back, labels, roundings) -
     """The rows of the float32 model and each variant whose weight rounding is in `roundings`; the
     last variant's int8 model."""
     proto = fsq.to_onnx(model, variables)
-    reference = quantize.run_onnx(proto, held_back)
+    reference = onnx_int8.run_onnx(proto, held_back)
     labeled = labels >= 0
     rows = [{"model": "float32", "bytes": proto.ByteSize(),
              "top1": float(np.mean(reference.argmax(1)[labeled] == labels[labeled]))}]  # fmt: skip
@@ -67,12 +67,12 @@ def accuracy_rows(model, variables, calibration, held_back, labels, roundings) -
         start = time.perf_counter()
         if weight_rounding == "adaround":
             rounded = fsq.to_onnx(model, int8_rounding.adaround_int8(model, variables, calibration, progress=True))
-            int8 = quantize.quantize_int8(rounded, calibration, float_nodes, ranges_from=proto)
+            int8 = onnx_int8.quantize_int8(rounded, calibration, float_nodes, ranges_from=proto)
         else:
-            int8 = quantize.quantize_int8(proto, calibration, float_nodes)
+            int8 = onnx_int8.quantize_int8(proto, calibration, float_nodes)
         seconds = time.perf_counter() - start
-        logits = quantize.run_onnx(int8, held_back)
-        result = quantize.agreement(reference, logits)
+        logits = onnx_int8.run_onnx(int8, held_back)
+        result = onnx_int8.agreement(reference, logits)
         rows.append({
             "model": f"int8, {name}", "bytes": int8.ByteSize(), "quantize seconds": seconds,
             "top1": float(np.mean(logits.argmax(1)[labeled] == labels[labeled])),
@@ -130,8 +130,8 @@ def tflite_logits(path: pathlib.Path, images: np.ndarray, chunk: int = 500) -> n
 def exported_logits(model, variables, calibration, images, folder: pathlib.Path, size: int) -> dict[str, np.ndarray]:
     """Logits on `images` of the model written to `folder` as float32 and int8 ONNX and LiteRT."""
     return {
-        "ONNX float32": quantize.run_onnx(fsq.save_onnx(model, variables, folder / "f32.onnx"), images),
-        "ONNX int8": quantize.run_onnx(
+        "ONNX float32": onnx_int8.run_onnx(fsq.save_onnx(model, variables, folder / "f32.onnx"), images),
+        "ONNX int8": onnx_int8.run_onnx(
             fsq.save_onnx(model, variables, folder / "int8.onnx", int8=True, calibration=calibration), images
         ),
         "LiteRT float32": tflite_logits(fsq.save_tflite(model, variables, folder / "f32.tflite", image_size=size), images),
@@ -156,7 +156,7 @@ def trained_model_rows(workdir: pathlib.Path, calibration_count: int) -> list[di
     reference = logits["ONNX float32"]
     rows = []
     for name, values in logits.items():
-        agreement = quantize.agreement(reference, values)
+        agreement = onnx_int8.agreement(reference, values)
         rows.append({
             "workdir": str(workdir), "format": name, "test images": len(test_labels),
             "calibration train images": len(calibration), "top1": float(np.mean(values.argmax(1) == test_labels)),
@@ -169,7 +169,7 @@ def trained_model_rows(workdir: pathlib.Path, calibration_count: int) -> list[di
 def photo_split(shared: pathlib.Path, count: int) -> tuple:
     """squeezenet1_1 with torchvision's weights, and the shared ImageNet photos in a fixed shuffle:
     (model, variables, the first `count` prepared to calibrate, the rest prepared, their labels)."""
-    photos = quantize.image_files(shared / "data/imagenet-photos")
+    photos = onnx_int8.image_files(shared / "data/imagenet-photos")
     photos = [photos[i] for i in np.random.default_rng(0).permutation(len(photos))]
     model, variables = fsq.load_pretrained(shared / "pretrained/torchvision_squeezenet1_1.ncnn.param")
     calibration = fsq.preprocess(photos[:count])

@@ -28,7 +28,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import flax_squeezenet as fsq  # noqa: E402
-from flax_squeezenet import quantize, tflite  # noqa: E402
+from flax_squeezenet.deploy import onnx_int8, tflite  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
 from int8 import photo_split, write_json  # noqa: E402
@@ -49,8 +49,8 @@ def accuracy_rows(paths: dict, reference: np.ndarray, held_back: np.ndarray, lab
     labeled = labels >= 0
     rows = [{"model": "Flax float32", "top1": float(np.mean(reference.argmax(1)[labeled] == labels[labeled]))}]
     for name, path in paths.items():
-        logits = tflite.run_tflite(path, held_back) if path.suffix == ".tflite" else quantize.run_onnx(path, held_back)
-        result = quantize.agreement(reference, logits)
+        logits = tflite.run_tflite(path, held_back) if path.suffix == ".tflite" else onnx_int8.run_onnx(path, held_back)
+        result = onnx_int8.agreement(reference, logits)
         rows.append({
             "model": name, "bytes": path.stat().st_size,
             "top1": float(np.mean(logits.argmax(1)[labeled] == labels[labeled])),
@@ -110,7 +110,7 @@ def main() -> None:
     model, variables, calibration, held_back, labels = photo_split(pathlib.Path(args.shared), args.calibration)
     with tempfile.TemporaryDirectory() as scratch:
         paths = write_files(model, variables, calibration, pathlib.Path(scratch))
-        reference = quantize.flax_logits(model, variables, held_back)
+        reference = onnx_int8.flax_logits(model, variables, held_back)
         results = {
             "accuracy": accuracy_rows(paths, reference, held_back, labels),
             "speed": speed_rows(paths, held_back[:1], args.repeats, args.threads),

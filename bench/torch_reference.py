@@ -1,7 +1,7 @@
 """torchvision's SqueezeNet, layer for layer, in plain PyTorch: the benchmarks' PyTorch peer.
 
 torchvision is not a dependency, so its `squeezenet1_0`/`squeezenet1_1` are rebuilt here from the
-same layer plan as the Flax models (`flax_squeezenet.layers.layer_plan`): the modules, their
+same layer plan as the Flax models (`flax_squeezenet.zoo.layers.layer_plan`): the modules, their
 order, initialisation and `torch.flatten` output are torchvision's. Benchmark-only: the
 library never imports torch.
 """
@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from flax_squeezenet.layers import Layer, convolutions, layer_plan
-from flax_squeezenet.stages import Stage
+from flax_squeezenet.zoo.layers import Layer, convolutions, layer_plan
+from flax_squeezenet.zoo.stages import Stage
 
 
 class TorchFire(nn.Module):

@@ -11,34 +11,30 @@ Models are Flax linen modules over NHWC float images:
 `load_pretrained("squeezenet1_1")` gives torchvision's ImageNet weights, `preprocess` prepares
 images as torchvision does, and `imagenet_class_names()` names the 1,000 classes.
 
-What is where:
-- stages: the stage descriptions (`ConvStage`, `FireStage`, `PoolStage`; `V1_0`, `V1_1`,
-  `metaparameter_stages`).
-- layers: `layer_plan`, the named layers a stage description becomes (what the module, the ONNX
-  writer and the weight converters walk); `feature_info`, the "stages" output's maps.
-- ops: the XLA:CPU speed forms (`max_pool_3x3_ceil`, `conv_1x1_as_matmul`, ...).
-- models: `FireModule`, `SqueezeNet` and its variants (`squeezenet1_0`, `squeezenet1_1`, the
-  paper's bypass variants, `squeezenet_metaparameters`), `create_model(name)`, `count_params`.
-- pretrained: `load_pretrained` / `save_pretrained` (torchvision .pth read without torch, ncnn,
-  the paper's Deep Compression file, Orbax checkpoints), with a download cache (`cache_dir`).
-- preprocess, imagenet: torchvision's ImageNet eval transform; the class names.
-- xla_options: `compiler_options(dtype)`, the XLA options to jit SqueezeNet with on this backend.
-- export: `to_onnx` / `save_onnx` (needs the `onnx` package).
-- tflite: `save_tflite`, LiteRT float32 or full-integer int8 (needs `ai-edge-litert`, the `litert` extra;
-  imported only when called).
-- nnx: the same models as native Flax NNX modules (`import flax_squeezenet.nnx`), `to_nnx`, `to_linen`.
-- summary: `summary(model, input_shape)`, the per-layer table (output shape, parameters, FLOPs).
-- conventions: `input_convention(name_or_path)`, the preprocessing each weight source expects.
-- safetensors_io: the Hugging Face Hub layout (`save_pretrained(..., format="safetensors")`, `hf://`).
-- cli: the `squeezenet-predict`, `squeezenet-export` and `squeezenet-info` commands.
-The training program is the separate `train` package (`python -m train`).
+What is where (each subpackage imports only the ones below it; tests/test_layout.py keeps the rule):
+- cli: the `squeezenet-predict`, `-export`, `-info` and `-compress` commands.
+- nnx: the NNX face of the zoo (`import flax_squeezenet.nnx`): its modules and `load_pretrained`.
+- deploy: ONNX (`onnx`), int8 ONNX (`onnx_int8`, `int8_rounding`) and LiteRT (`tflite`) export.
+- compression: Deep Compression (pruning, weight sharing, adaptive rounding), post-training.
+- weights: pretrained names and the download cache (`pretrained`), every file format (`pth`, `ncnn`,
+  `deepcompression` and `netfile` for `.net`, `sqz`, `safetensors_io`), input conventions and
+  preprocessing, the ImageNet class names.
+- zoo: the models themselves: stage descriptions (`stages`), the layer plan (`layers`), the
+  XLA:CPU speed forms (`ops`), linen (`models`) and NNX (`zoo.nnx`) modules, `summary`, `xla_options`.
+- storage: paths as users write them, whole-or-absent writes, verified downloads.
+The training program is the separate `train` package (`python -m train`), which the library never imports.
 """
 
-from flax_squeezenet.download import DownloadError, cache_dir
-from flax_squeezenet.export import save_onnx, to_onnx
-from flax_squeezenet.imagenet import imagenet_class_names
-from flax_squeezenet.layers import Convolution, Layer, StageFeature, feature_info, layer_plan, min_input_size
-from flax_squeezenet.models import (
+from flax_squeezenet.deploy.onnx import save_onnx, to_onnx
+from flax_squeezenet.deploy.tflite import save_tflite
+from flax_squeezenet.storage.download import DownloadError, cache_dir
+from flax_squeezenet.weights.conventions import InputConvention
+from flax_squeezenet.weights.imagenet import imagenet_class_names
+from flax_squeezenet.weights.preprocess import IMAGENET_MEAN, IMAGENET_STD, load_image, preprocess
+from flax_squeezenet.weights.pretrained import PRETRAINED, input_convention, load_pretrained, save_pretrained
+from flax_squeezenet.weights.pth import UnsafePickleError, load_pth
+from flax_squeezenet.zoo.layers import Convolution, Layer, StageFeature, feature_info, layer_plan, min_input_size
+from flax_squeezenet.zoo.models import (
     MODELS,
     FireModule,
     SqueezeNet,
@@ -50,13 +46,9 @@ from flax_squeezenet.models import (
     squeezenet1_1,
     squeezenet_metaparameters,
 )
-from flax_squeezenet.preprocess import IMAGENET_MEAN, IMAGENET_STD, load_image, preprocess
-from flax_squeezenet.pretrained import PRETRAINED, load_pretrained, save_pretrained
-from flax_squeezenet.pth import UnsafePickleError, load_pth
-from flax_squeezenet.stages import V1_0, V1_1, ConvStage, FireStage, PoolStage, Stage, metaparameter_stages
-from flax_squeezenet.summary import summary
-from flax_squeezenet.tflite import save_tflite
-from flax_squeezenet.xla_options import compiler_options
+from flax_squeezenet.zoo.stages import V1_0, V1_1, ConvStage, FireStage, PoolStage, Stage, metaparameter_stages
+from flax_squeezenet.zoo.summary import summary
+from flax_squeezenet.zoo.xla_options import compiler_options
 
 __all__ = [
     "DownloadError",
@@ -70,6 +62,7 @@ __all__ = [
     "Convolution",
     "FireModule",
     "FireStage",
+    "InputConvention",
     "Layer",
     "PoolStage",
     "SqueezeNet",
@@ -82,6 +75,7 @@ __all__ = [
     "create_model",
     "feature_info",
     "imagenet_class_names",
+    "input_convention",
     "load_image",
     "load_pretrained",
     "layer_plan",

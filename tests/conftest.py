@@ -6,7 +6,7 @@ import pathlib
 import jax
 import pytest
 
-from flax_squeezenet.conventions import InputConvention
+from flax_squeezenet.weights.conventions import InputConvention
 
 GREY = InputConvention(mean=(0.5,), std=(0.25,), resize_size=64, crop_size=64, channel_order="L")
 """An input convention for the tests' 1-channel models, which `save_pretrained` needs."""

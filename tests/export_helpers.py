@@ -4,14 +4,13 @@
 import json
 
 import numpy as np
-from PIL import Image
-
 from conftest import GREY
+from PIL import Image
 
 from flax_squeezenet import save_pretrained
 from flax_squeezenet.cli import export as export_cli
-from flax_squeezenet.conventions import IMAGENET
-from flax_squeezenet.pretrained import METADATA_FILE
+from flax_squeezenet.weights.conventions import IMAGENET
+from flax_squeezenet.weights.pretrained import METADATA_FILE
 
 
 def write_images(folder, count, mode="RGB", size=40):

@@ -18,7 +18,7 @@ from PIL import Image
 from flax_squeezenet import create_model, save_pretrained
 from flax_squeezenet.cli import export as export_cli
 from flax_squeezenet.cli import predict as predict_cli
-from flax_squeezenet.conventions import InputConvention
+from flax_squeezenet.weights.conventions import InputConvention
 
 NCNN = "pretrained/torchvision_squeezenet1_1.ncnn.param"
 

@@ -4,14 +4,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import require_shared
 from export_helpers import save_grey_model_as_older_versions_did
+from PIL import Image
+
 from flax_squeezenet import load_pretrained, save_pretrained
 from flax_squeezenet.cli import compress as cli
-from flax_squeezenet.conventions import InputConvention, input_convention
-from flax_squeezenet.models import squeezenet1_1
+from flax_squeezenet.weights.conventions import InputConvention
+from flax_squeezenet.weights.pretrained import input_convention
+from flax_squeezenet.zoo.models import squeezenet1_1
 
 
 @pytest.fixture(scope="module")

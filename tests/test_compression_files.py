@@ -10,15 +10,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import GREY, require_shared
+
 from flax_squeezenet import load_pretrained, save_pretrained
 from flax_squeezenet.compression import compress, encoded_size, read_compressed, save_compressed
-from flax_squeezenet.compression.fileformat import encode_compressed
 from flax_squeezenet.compression.finetune import distill_codebooks
-from flax_squeezenet.conventions import DEEP_COMPRESSION, IMAGENET, InputConvention, input_convention
-from flax_squeezenet.deepcompression import load_deep_compression
-from flax_squeezenet.models import squeezenet1_0, squeezenet1_1
+from flax_squeezenet.weights.conventions import DEEP_COMPRESSION, IMAGENET, InputConvention
+from flax_squeezenet.weights.deepcompression import load_deep_compression
+from flax_squeezenet.weights.pretrained import input_convention
+from flax_squeezenet.weights.sqz import encode_compressed
+from flax_squeezenet.zoo.models import squeezenet1_0, squeezenet1_1
 
 PAPER_FILE = "pretrained/deepcompression_squeezenet1_0.net"
 PAPER_BYTES = 675_763

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from flax_squeezenet.compression import huffman, sparse
+from flax_squeezenet.weights import huffman, sparse
 
 
 def round_trip(symbols: np.ndarray, alphabet_size: int) -> tuple[np.ndarray, int]:

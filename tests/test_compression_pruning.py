@@ -9,10 +9,10 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 import pytest
-
 from conftest import require_shared
+
 from flax_squeezenet.compression import pruning
-from flax_squeezenet.deepcompression import load_deep_compression
+from flax_squeezenet.weights.deepcompression import load_deep_compression
 
 
 def test_magnitude_mask_keeps_the_largest_weights():

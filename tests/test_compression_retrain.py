@@ -1,9 +1,8 @@
-"""`squeezenet-compress --retrain-workdir`: prune -> retrain -> share -> fine-tune through the
+"""`python -m train.compress`: prune -> retrain -> share -> fine-tune through the
 training program, on synthetic data, with the density spread by sensitivity; the file written holds
 exactly the fine-tuned shared weights, and a second run resumes (reuses) the finished stages."""
 
 import os
-import pathlib
 import signal
 import subprocess
 import sys
@@ -12,12 +11,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-import flax_squeezenet
-from flax_squeezenet.cli import compress as cli
-from flax_squeezenet.compression import pruning, retrain
 from conftest import GREY
 from train_helpers import REPO, config_flags, tiny_config
+
+import flax_squeezenet
+from flax_squeezenet.cli import compress as compress_cli
+from flax_squeezenet.compression import pruning
+from train import compress as retrain
 
 
 @pytest.fixture(scope="module")
@@ -58,9 +58,9 @@ def test_pipeline_writes_the_fine_tuned_shared_weights_and_resumes(trained_model
     output, workdir = tmp_path / "model.sqz", tmp_path / "work"
     overrides = config_flags(tiny_config(num_train_steps=6, eval_every_steps=6))
     argv = [str(trained_model), "--output", str(output), "--bits", "3", "--density", "0.5", "--density-plan",
-            "sensitivity", "--retrain-workdir", str(workdir), "--config", str(REPO / "train/configs/default.py"),
+            "sensitivity", "--workdir", str(workdir), "--config", str(REPO / "train/configs/default.py"),
             *overrides]  # fmt: skip
-    assert cli.main(argv) == 0
+    assert retrain.main(argv) == 0
     printed = capsys.readouterr().out
     assert "sensitivity plan (other convs kept whole): " in printed
     assert f"prune: {workdir / 'prune' / 'model'}: eval top-1" in printed
@@ -75,7 +75,7 @@ def test_pipeline_writes_the_fine_tuned_shared_weights_and_resumes(trained_model
     assert np.unique(kernel[kernel != 0]).size <= 7
     first = output.read_bytes()
 
-    assert cli.main(argv) == 0
+    assert retrain.main(argv) == 0
     assert _share_line(capsys.readouterr().out) == _share_line(printed), "the finished stage was not reused"
     assert output.read_bytes() == first
 
@@ -83,24 +83,34 @@ def test_pipeline_writes_the_fine_tuned_shared_weights_and_resumes(trained_model
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--config", "fashion_mnist"], "--retrain-workdir and --config go together"),
-        (["--config.batch_size=4"], "--config.key=value needs --retrain-workdir"),
-        (["--retrain-workdir", "WORK", "--config", "fashion_mnist", "--config.no_such_key=1"], "no_such_key"),
-        (["--retrain-workdir", "WORK", "--config", "fashion_mnist", "--bits", "6", "--format", "net"], "8-bit"),
+        (["--config", "fashion_mnist"], "the following arguments are required: --workdir"),
+        (["--workdir", "WORK", "--config", "fashion_mnist", "--config.no_such_key=1"], "no_such_key"),
+        (["--workdir", "WORK", "--config", "fashion_mnist", "--bits", "6", "--format", "net"], "8-bit"),
     ],
 )
 def test_bad_pipeline_arguments_are_one_line_errors_and_write_nothing(trained_model, tmp_path, capsys, extra, message):
     argv = [str(trained_model), "--output", str(tmp_path / "out.sqz"), *(a.replace("WORK", str(tmp_path / "w")) for a in extra)]
-    assert cli.main(argv) == 1
+    try:
+        assert retrain.main(argv) == 1
+    except SystemExit as usage:  # argparse's own one-line usage error
+        assert usage.code == 2
     error = capsys.readouterr().err
-    assert message in error and error.count("\n") == 1
+    assert message in error and error.strip().splitlines()[-1].count(message) == 1
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("extra", [["--retrain-workdir", "w", "--config", "fashion_mnist"], ["--config.batch_size=4"]])
+def test_squeezenet_compress_asked_to_retrain_says_what_to_run(trained_model, tmp_path, capsys, extra):
+    assert compress_cli.main([str(trained_model), "--output", str(tmp_path / "out.sqz"), *extra]) == 1
+    error = capsys.readouterr().err
+    assert "run python -m train.compress WEIGHTS --output FILE --workdir DIR --config PRESET" in error
+    assert error.count("\n") == 1 and not any(tmp_path.iterdir())
 
 
 def test_an_unwritable_output_is_refused_before_training(trained_model, tmp_path, capsys):
     argv = [str(trained_model), "--output", str(tmp_path / "missing" / "out.sqz"),
             "--retrain-workdir", str(tmp_path / "work"), "--config", "fashion_mnist"]  # fmt: skip
-    assert cli.main(argv) == 1
+    assert retrain.main(argv) == 1
     assert "is not a writable directory" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
 
@@ -116,19 +126,16 @@ def test_a_signal_during_a_stage_is_one_line_and_the_signals_exit_status(trained
     monkeypatch.setattr(trainer, "train_and_evaluate", stopped)
     argv = [str(trained_model), "--output", str(tmp_path / "out.sqz"), "--density", "0.5",
             "--retrain-workdir", str(tmp_path / "work"), "--config", "fashion_mnist"]  # fmt: skip
-    assert cli.main(argv) == 128 + signal.SIGTERM
+    assert retrain.main(argv) == 128 + signal.SIGTERM
     error = capsys.readouterr().err
-    assert error == "squeezenet-compress: prune stage stopped by SIGTERM at step 7; checkpoint saved, run the same command to resume\n"
+    assert error == "python -m train.compress: prune stage stopped by SIGTERM at step 7; checkpoint saved, run the same command to resume\n"
     assert not (tmp_path / "out.sqz").exists()
 
 
-@pytest.mark.parametrize("in_checkout", [True, False])
-def test_the_console_script_finds_the_checkouts_training_program(trained_model, tmp_path, in_checkout):
-    script = pathlib.Path(sys.executable).parent / "squeezenet-compress"
-    argv = [str(script), str(trained_model), "--output", str(tmp_path / "out.sqz"), "--retrain-workdir",
-            str(tmp_path / "work"), "--config", "fashion_mnist", "--config.no_such_key=1"]  # fmt: skip
+def test_the_training_program_runs_as_a_module_from_the_checkout(trained_model, tmp_path):
+    argv = [sys.executable, "-m", "train.compress", str(trained_model), "--output", str(tmp_path / "out.sqz"),
+            "--workdir", str(tmp_path / "work"), "--config", "fashion_mnist", "--config.no_such_key=1"]  # fmt: skip
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    done = subprocess.run(argv, cwd=REPO if in_checkout else tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 1, done.stderr
-    expected = "unknown config key 'no_such_key'" if in_checkout else "run squeezenet-compress from the root of a"
-    assert expected in done.stderr and done.stderr.count("\n") == 1, done.stderr
+    assert "unknown config key 'no_such_key'" in done.stderr and done.stderr.count("\n") == 1, done.stderr

@@ -8,14 +8,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-import flax_squeezenet
 from conftest import GREY
 from export_helpers import write_images
-from flax_squeezenet.cli import compress as cli
-from flax_squeezenet.compression import pruning, retrain, sensitivity
-from train import input_pipeline
 from train_helpers import tiny_config
+
+import flax_squeezenet
+from flax_squeezenet.cli import compress as cli
+from flax_squeezenet.compression import pruning, sensitivity
+from train import compress as retrain
+from train import input_pipeline
 
 SIZES = {"small": 100, "big": 10_000, "middle": 1_000}
 
@@ -127,7 +128,7 @@ def test_cli_spreads_the_density_by_sensitivity_on_the_images(checkpoint, tmp_pa
     "extra, message",
     [
         (["--density-plan", "sensitivity"], "give --density"),
-        (["--density-plan", "sensitivity", "--density", "0.4"], "give --images, or --retrain-workdir"),
+        (["--density-plan", "sensitivity", "--density", "0.4"], "give --images (or retrain with python -m train.compress"),
     ],
 )
 def test_a_sensitivity_plan_without_what_it_needs_is_a_one_line_error(checkpoint, tmp_path, capsys, extra, message):

@@ -10,7 +10,8 @@ from test_pretrained import NCNN, isolated_cache, random_variables  # noqa: F401
 
 import flax_squeezenet as fsq
 from flax_squeezenet.cli import predict
-from flax_squeezenet.conventions import DEEP_COMPRESSION, IMAGENET, InputConvention, input_convention
+from flax_squeezenet.weights.conventions import DEEP_COMPRESSION, IMAGENET, InputConvention
+from flax_squeezenet.weights.pretrained import input_convention
 
 FASHION = InputConvention(mean=(0.286,), std=(0.353,), resize_size=64, crop_size=64, channel_order="L")
 

@@ -30,7 +30,7 @@ WRITTEN = {"docs/models.md": ["my_model"], "docs/weights.md": ["squeezenet1_1_hu
            "docs/compression.md": ["paper.sqz"]}  # fmt: skip
 CLI_PARSERS = {"squeezenet-predict": "flax_squeezenet.cli.predict", "squeezenet-export": "flax_squeezenet.cli.export",
                "squeezenet-info": "flax_squeezenet.cli.info", "squeezenet-compress": "flax_squeezenet.cli.compress",
-               "flax_squeezenet.cli.compress": "flax_squeezenet.cli.compress"}  # fmt: skip
+               "flax_squeezenet.cli.compress": "flax_squeezenet.cli.compress", "train.compress": "train.compress"}  # fmt: skip
 
 
 def blocks(page: pathlib.Path, lang: str) -> list[re.Match]:

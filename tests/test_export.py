@@ -9,8 +9,8 @@ import pytest
 
 import flax_squeezenet as fsq
 from flax_squeezenet.cli import export as export_cli
-from flax_squeezenet.export import save_onnx, to_onnx
-from flax_squeezenet.pretrained import save_pretrained
+from flax_squeezenet.deploy.onnx import save_onnx, to_onnx
+from flax_squeezenet.weights.pretrained import save_pretrained
 
 
 def variables_with_large_logits(model, size):

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import pytest
 from test_pretrained import torchvision_pth
 
-from flax_squeezenet import create_model, load_pretrained, pretrained, save_onnx, save_pretrained
+from flax_squeezenet import create_model, load_pretrained, save_onnx, save_pretrained
+from flax_squeezenet.weights import pretrained
 
 
 @pytest.fixture
@@ -28,14 +29,14 @@ def small_variables():
 
 
 def test_current_umask_reads_without_changing_it(umask_022):
-    from flax_squeezenet import files
+    from flax_squeezenet.storage import files
 
     assert files.current_umask() == 0o022
     assert files.current_umask() == 0o022
 
 
 def test_atomic_file_respects_the_umask(tmp_path, umask_022):
-    from flax_squeezenet import files
+    from flax_squeezenet.storage import files
 
     with files.atomic_file(tmp_path / "out.bin") as temporary:
         temporary.write_bytes(b"data")
@@ -47,7 +48,7 @@ def test_atomic_file_respects_the_umask(tmp_path, umask_022):
 
 
 def test_a_failed_atomic_write_keeps_the_old_file_and_leaves_nothing(tmp_path):
-    from flax_squeezenet import files
+    from flax_squeezenet.storage import files
 
     target = tmp_path / "model.onnx"
     target.write_bytes(b"week of training")

@@ -6,8 +6,9 @@ import pytest
 from PIL import Image
 from test_preprocess import torchvision_eval_transform
 
-from flax_squeezenet import load_image, preprocess
+from flax_squeezenet import load_image
 from flax_squeezenet.cli import predict as predict_cli
+from flax_squeezenet.weights import preprocess
 
 WIDTH, HEIGHT = 300, 260
 EXIF_ORIENTATION = 0x0112

@@ -12,10 +12,11 @@ import onnx.numpy_helper
 import pytest
 
 import flax_squeezenet as fsq
-from flax_squeezenet import int8_rounding, quantize, rounding
-from flax_squeezenet.compression.adaptive import kernel_rows, rows_to_kernel
-from flax_squeezenet.conventions import InputConvention
 from flax_squeezenet.cli import export as export_cli
+from flax_squeezenet.compression import rounding
+from flax_squeezenet.compression.adaptive import kernel_rows, rows_to_kernel
+from flax_squeezenet.deploy import int8_rounding, onnx_int8
+from flax_squeezenet.weights.conventions import InputConvention
 from tests.conftest import require_shared
 from tests.export_helpers import run_cli_error, save_grey_model_as_older_versions_did, write_images
 
@@ -31,14 +32,14 @@ MIN_AGREEMENT = 0.94
 
 
 def test_int8_agrees_with_flax_on_held_back_photos(tmp_path):
-    photos = quantize.image_files(require_shared(PHOTOS))
+    photos = onnx_int8.image_files(require_shared(PHOTOS))
     order = np.random.default_rng(0).permutation(len(photos))
     calibration = [photos[i] for i in order[:CALIBRATION_PHOTOS]]
     checked = [photos[i] for i in order[CALIBRATION_PHOTOS : CALIBRATION_PHOTOS + CHECKED_PHOTOS]]
     model, variables = fsq.load_pretrained(require_shared(WEIGHTS))
     path = fsq.save_onnx(model, variables, tmp_path / "int8.onnx", int8=True, calibration=calibration)
     images = fsq.preprocess(checked)
-    result = quantize.agreement(quantize.flax_logits(model, variables, images), quantize.run_onnx(path, images))
+    result = onnx_int8.agreement(onnx_int8.flax_logits(model, variables, images), onnx_int8.run_onnx(path, images))
     assert result.top1_agreement >= MIN_AGREEMENT, result
     assert result.max_logit_difference < 3.0, result  # saturated logits differed by 8.7
     proto = onnx.load(path)
@@ -58,8 +59,8 @@ def random_model(in_channels, num_classes=10, size=32):
 @pytest.mark.parametrize("input_shape", [None, (2, 1, 32, 32)])
 def test_one_channel_int8_in_free_and_fixed_shapes(tmp_path, input_shape):
     model, variables = random_model(in_channels=1)
-    calibration = quantize.preprocess_for_model(
-        quantize.image_files(write_images(tmp_path / "images", 12, mode="L")),
+    calibration = onnx_int8.preprocess_for_model(
+        onnx_int8.image_files(write_images(tmp_path / "images", 12, mode="L")),
         channels=1, image_size=32, mean=(0.3,), std=(0.35,),
     )  # fmt: skip
     path = fsq.save_onnx(
@@ -70,8 +71,8 @@ def test_one_channel_int8_in_free_and_fixed_shapes(tmp_path, input_shape):
         assert dims[0].dim_param == "batch" and dims[2].dim_param == "height"
     else:
         assert [d.dim_value for d in dims] == list(input_shape)
-    expected = quantize.flax_logits(model, variables, calibration)
-    got = quantize.run_onnx(path, calibration)
+    expected = onnx_int8.flax_logits(model, variables, calibration)
+    got = onnx_int8.run_onnx(path, calibration)
     assert got.shape == expected.shape == (12, 10)
     assert np.abs(expected).max() > 1.0
     assert np.abs(got - expected).max() < 0.1 * np.abs(expected).max()
@@ -174,9 +175,9 @@ def nearest_int8(variables):
 def test_uint8_activations_compute_what_onnxruntime_computes(calibrated):
     """The simulation the weights are fitted in is the int8 ONNX model, to float32 precision."""
     model, variables, images, simulation, nearest, _ = calibrated
-    onnx_int8 = quantize.quantize_int8(fsq.to_onnx(model, nearest), images, ranges_from=fsq.to_onnx(model, variables))
+    onnx_int8 = onnx_int8.quantize_int8(fsq.to_onnx(model, nearest), images, ranges_from=fsq.to_onnx(model, variables))
     expected = simulated_logits(model, nearest, images, simulation)
-    np.testing.assert_allclose(quantize.run_onnx(onnx_int8, images), expected, atol=1e-3 * np.abs(expected).max())
+    np.testing.assert_allclose(onnx_int8.run_onnx(onnx_int8, images), expected, atol=1e-3 * np.abs(expected).max())
 
 
 def test_adaround_weights_survive_quantize_static_and_fit_the_int8_model_closer(calibrated):
@@ -184,7 +185,7 @@ def test_adaround_weights_survive_quantize_static_and_fit_the_int8_model_closer(
     and with int8 activations its weights give logits closer to the float model's than nearest ones."""
     model, variables, images, simulation, nearest, adaround = calibrated
     rounded = fsq.to_onnx(model, adaround)
-    int8 = quantize.quantize_int8(rounded, images, ranges_from=fsq.to_onnx(model, variables))
+    int8 = onnx_int8.quantize_int8(rounded, images, ranges_from=fsq.to_onnx(model, variables))
     snapped = {t.name: onnx.numpy_helper.to_array(t) for t in rounded.graph.initializer}
     quantized = {t.name: onnx.numpy_helper.to_array(t) for t in int8.graph.initializer}
     checked = 0
@@ -241,9 +242,9 @@ def test_save_onnx_int8_calibrates_in_the_weights_convention_and_records_it(tmp_
     caffe = InputConvention(mean=(104 / 255, 117 / 255, 123 / 255), std=(1 / 255,) * 3, resize_size=40, crop_size=32,
                             channel_order="BGR")  # fmt: skip
     seen = []
-    monkeypatch.setattr(quantize, "quantize_int8", lambda proto, images, **_: seen.append(images) or proto)
+    monkeypatch.setattr(onnx_int8, "quantize_int8", lambda proto, images, **_: seen.append(images) or proto)
     path = fsq.save_onnx(model, variables, tmp_path / "m.onnx", preprocessing=caffe, int8=True, calibration=folder)
-    np.testing.assert_array_equal(seen[0], caffe.preprocess(quantize.image_files(folder)))
+    np.testing.assert_array_equal(seen[0], caffe.preprocess(onnx_int8.image_files(folder)))
     properties = {p.key: p.value for p in onnx.load(path).metadata_props}
     assert json.loads(properties["preprocessing"]) == caffe.to_dict()
 
@@ -273,13 +274,13 @@ def test_save_onnx_adaround_quantizes_the_rounded_weights_with_the_float_models_
     calls = []
     monkeypatch.setattr(int8_rounding, "adaround_int8", lambda m, v, i: calls.append(i) or nearest_int8(v))
     record = lambda proto, i, ranges_from=None: calls.append((proto, ranges_from)) or proto  # noqa: E731
-    monkeypatch.setattr(quantize, "quantize_int8", record)
+    monkeypatch.setattr(onnx_int8, "quantize_int8", record)
     fsq.save_onnx(model, variables, tmp_path / "m.onnx", int8=True, calibration=images, weight_rounding="adaround",
                   input_shape=(4, 3, 32, 32))  # fmt: skip
     fitted_on, (quantized, ranges_from) = calls
     np.testing.assert_array_equal(fitted_on, images)
     kernels = lambda proto: {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}  # noqa: E731
-    expected = quantize.with_fixed_input_shape(fsq.to_onnx(model, nearest_int8(variables)), (4, 3, 32, 32))
+    expected = onnx_int8.with_fixed_input_shape(fsq.to_onnx(model, nearest_int8(variables)), (4, 3, 32, 32))
     assert quantized.graph.input[0] == ranges_from.graph.input[0] == expected.graph.input[0]
     for name, kernel in kernels(expected).items():
         np.testing.assert_array_equal(kernels(quantized)[name], kernel)

@@ -21,7 +21,7 @@ from test_pretrained import (  # noqa: F401  (fixtures)
 
 import flax_squeezenet as fsq
 import flax_squeezenet.nnx as fsq_nnx
-from flax_squeezenet import preprocess
+from flax_squeezenet.weights import preprocess
 
 VARIANTS = {
     "squeezenet1_0": fsq.squeezenet1_0(),

@@ -17,12 +17,12 @@ from flax_squeezenet import (
     load_image,
     load_pretrained,
     load_pth,
-    preprocess,
     save_onnx,
     save_pretrained,
 )
 from flax_squeezenet.cli import export as export_cli
 from flax_squeezenet.cli import predict as predict_cli
+from flax_squeezenet.weights import preprocess
 
 SPELLINGS = ["relative", "absolute", "home", "pathlib"]
 NCNN = "pretrained/torchvision_squeezenet1_1.ncnn.param"

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from conftest import require_shared
 
-from flax_squeezenet import create_model, imagenet, save_pretrained
+from flax_squeezenet import create_model, save_pretrained
 from flax_squeezenet.cli.predict import main
+from flax_squeezenet.weights import imagenet
 
 NCNN = "pretrained/torchvision_squeezenet1_1.ncnn.param"
 

@@ -5,8 +5,9 @@ import pytest
 from conftest import require_shared
 from PIL import Image
 
-from flax_squeezenet import IMAGENET_MEAN, IMAGENET_STD, load_image, preprocess
-from flax_squeezenet.preprocess import center_crop_box, resized_size
+from flax_squeezenet import IMAGENET_MEAN, IMAGENET_STD, load_image
+from flax_squeezenet.weights import preprocess
+from flax_squeezenet.weights.preprocess import center_crop_box, resized_size
 
 MEAN = np.array(IMAGENET_MEAN, np.float32)
 STD = np.array(IMAGENET_STD, np.float32)

@@ -22,12 +22,12 @@ from flax_squeezenet import (
     imagenet_class_names,
     load_pretrained,
     load_pth,
-    preprocess,
     save_pretrained,
 )
-from flax_squeezenet import deepcompression, imagenet, pretrained
-from flax_squeezenet.conventions import IMAGENET, InputConvention, input_convention
-from flax_squeezenet.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from flax_squeezenet.weights import deepcompression, imagenet, preprocess, pretrained
+from flax_squeezenet.weights.conventions import IMAGENET, InputConvention
+from flax_squeezenet.weights.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from flax_squeezenet.weights.pretrained import input_convention
 
 NCNN = "pretrained/torchvision_squeezenet1_1.ncnn.param"
 

@@ -10,7 +10,8 @@ import pytest
 from conftest import require_shared
 from test_pretrained import assert_trees_equal, torchvision_pth
 
-from flax_squeezenet import create_model, load_pretrained, pretrained, save_pretrained
+from flax_squeezenet import create_model, load_pretrained, save_pretrained
+from flax_squeezenet.weights import pretrained
 
 NCNN = "pretrained/torchvision_squeezenet1_1.ncnn.param"
 

@@ -20,11 +20,12 @@ import pytest
 from etils import epath
 from etils.epath import backend, gpath
 from fsspec.implementations.memory import MemoryFileSystem
-
 from tensorboardX import record_writer
 from train_helpers import tiny_config, train_in_process
 
-from flax_squeezenet import files, load_pretrained, pretrained, save_pretrained, squeezenet1_1
+from flax_squeezenet import load_pretrained, save_pretrained, squeezenet1_1
+from flax_squeezenet.storage import files
+from flax_squeezenet.weights import pretrained
 from train import checkpoints, reporting
 from train.evaluate import evaluate_checkpoint
 

@@ -12,8 +12,9 @@ from test_pretrained import assert_trees_equal, isolated_cache, random_variables
 
 import flax_squeezenet as fsq
 import flax_squeezenet.nnx as fsq_nnx
-from flax_squeezenet import safetensors_io
-from flax_squeezenet.conventions import InputConvention, input_convention
+from flax_squeezenet.weights import safetensors_io
+from flax_squeezenet.weights.conventions import InputConvention
+from flax_squeezenet.weights.pretrained import input_convention
 
 pytest.importorskip("safetensors", reason="the safetensors format needs the safetensors package")
 from safetensors.numpy import load_file  # noqa: E402

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import flax_squeezenet as fsq
-from flax_squeezenet import ops
+from flax_squeezenet.zoo import ops
 
 DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 

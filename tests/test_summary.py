@@ -10,7 +10,7 @@ from flax import nnx
 import flax_squeezenet as fsq
 import flax_squeezenet.nnx as fsq_nnx
 from flax_squeezenet.cli import info
-from flax_squeezenet.summary import summarize
+from flax_squeezenet.zoo.summary import summarize
 
 
 def whole_model_cost(module, input_shape):

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 import flax_squeezenet as fsq
-from flax_squeezenet import conventions, quantize, tflite
 from flax_squeezenet.cli import export as export_cli
+from flax_squeezenet.deploy import onnx_int8, tflite
+from flax_squeezenet.weights import conventions
 from tests.conftest import require_shared
 from tests.export_helpers import run_cli_error, write_images
 
@@ -33,7 +34,7 @@ def float_tolerance(reference):
 
 
 def photos(start, count):
-    files = quantize.image_files(require_shared(PHOTOS))
+    files = onnx_int8.image_files(require_shared(PHOTOS))
     order = np.random.default_rng(0).permutation(len(files))
     return fsq.preprocess([files[i] for i in order[start : start + count]])
 
@@ -57,7 +58,7 @@ def test_float32_matches_flax_on_photos(tmp_path, weights):
     images = photos(0, 6)
     path = fsq.save_tflite(model, variables, tmp_path / "model.tflite", preprocessing=convention)
     assert tflite.read_preprocessing(path) == convention  # the paper's file: Caffe's BGR 0-255 minus mean
-    expected = quantize.flax_logits(model, variables, images)
+    expected = onnx_int8.flax_logits(model, variables, images)
     got = tflite.run_tflite(path, images)  # the batch of 1 resized to 6
     assert got.shape == expected.shape == (6, 1000)
     assert np.abs(got - expected).max() <= float_tolerance(expected)
@@ -104,7 +105,7 @@ def test_int8_agrees_with_float_on_held_back_photos(tmp_path):
     model, variables = fsq.load_pretrained(require_shared(WEIGHTS))
     calibration, checked = photos(0, CALIBRATION_PHOTOS), photos(CALIBRATION_PHOTOS, CHECKED_PHOTOS)
     path = fsq.save_tflite(model, variables, tmp_path / "int8.tflite", int8=True, calibration=calibration, batch=1)
-    result = quantize.agreement(quantize.flax_logits(model, variables, checked), tflite.run_tflite(path, checked))
+    result = onnx_int8.agreement(onnx_int8.flax_logits(model, variables, checked), tflite.run_tflite(path, checked))
     assert result.top1_agreement >= MIN_AGREEMENT, result
     source, target = io_details(path)
     assert source["dtype"] == target["dtype"] == np.int8
@@ -116,13 +117,13 @@ def test_int8_agrees_with_float_on_held_back_photos(tmp_path):
 
 def test_one_channel_int8_has_int8_input_and_output(tmp_path):
     model, variables = random_model(num_classes=10, in_channels=1)
-    files = quantize.image_files(write_images(tmp_path / "images", 12, mode="L"))
-    images = quantize.preprocess_for_model(files, channels=1, image_size=32, mean=(0.3,), std=(0.35,))
+    files = onnx_int8.image_files(write_images(tmp_path / "images", 12, mode="L"))
+    images = onnx_int8.preprocess_for_model(files, channels=1, image_size=32, mean=(0.3,), std=(0.35,))
     path = fsq.save_tflite(model, variables, tmp_path / "m.tflite", int8=True, calibration=images, image_size=32)
     source, target = io_details(path)
     assert source["dtype"] == target["dtype"] == np.int8
     assert list(target["shape"]) == [1, 10]
-    expected = quantize.flax_logits(model, variables, images)
+    expected = onnx_int8.flax_logits(model, variables, images)
     got = tflite.run_tflite(path, images)
     assert np.abs(got - expected).max() < 0.1 * np.abs(expected).max()
 

@@ -15,8 +15,8 @@ from PIL import Image
 torch = pytest.importorskip("torch", reason="torch is the reference implementation for these tests")
 nn = torch.nn
 
-from flax_squeezenet import IMAGENET_MEAN, IMAGENET_STD, V1_0, V1_1, deepcompression  # noqa: E402
-from flax_squeezenet import load_pretrained, save_pretrained  # noqa: E402
+from flax_squeezenet import IMAGENET_MEAN, IMAGENET_STD, V1_0, V1_1, load_pretrained, save_pretrained  # noqa: E402
+from flax_squeezenet.weights import deepcompression  # noqa: E402
 
 
 class TorchFire(nn.Module):

@@ -7,11 +7,11 @@ import shutil
 import jax
 import numpy as np
 import pytest
+from train_helpers import tiny_config, train_in_process
 
 import flax_squeezenet
-from flax_squeezenet.conventions import input_convention
+from flax_squeezenet.weights.pretrained import input_convention
 from train import checkpoints, evaluate, input_pipeline, reporting, run, save_model, trainer
-from train_helpers import tiny_config, train_in_process
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
-from flax_squeezenet import files
+from flax_squeezenet.storage import files
 
 BEST_METRIC = "eval_top1"
 

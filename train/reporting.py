@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 import tqdm
 
-from flax_squeezenet import files
+from flax_squeezenet.storage import files
 
 logger = logging.getLogger(__name__)
 

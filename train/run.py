@@ -22,7 +22,8 @@ import optax
 from jax.sharding import Mesh
 
 import flax_squeezenet
-from train import checkpoints, input_pipeline, optim, parallel, workdir as workdir_lib
+from train import checkpoints, input_pipeline, optim, parallel
+from train import workdir as workdir_lib
 from train.configs import validation
 from train.state import TrainState, create_train_state, model_kwargs
 
@@ -83,7 +84,7 @@ def build_run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> 
     if config.init_from and not workdir_lib.has_checkpoints(paths):
         # Only a run's step 0 reads init_from: a wrong one fails before the data is read
         # (test_missing_init_from_fails_before_the_data_is_read).
-        flax_squeezenet.pretrained.check_source(config.init_from)
+        flax_squeezenet.weights.pretrained.check_source(config.init_from)
     parallel.maybe_initialize_distributed(config)
     mesh = parallel.create_mesh()
     parallel.check_batch_size(config.batch_size, mesh.size, "batch_size")

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 
 import flax_squeezenet
-from flax_squeezenet.conventions import InputConvention
+from flax_squeezenet.weights.conventions import InputConvention
 from train import averaging
 from train import run as run_lib
 from train import workdir as workdir_lib

@@ -15,7 +15,7 @@ checkpoint whose arrays do not fit the state is refused the same way
 (`train.checkpoints.CheckpointMismatchError`). To start over with a new config, use a new workdir.
 
 The workdir and `model_dir` may be URLs `etils.epath` opens (`gs://bucket/run`): their paths are then
-`epath.Path`s, and Orbax writes the checkpoints there directly (`flax_squeezenet.files`).
+`epath.Path`s, and Orbax writes the checkpoints there directly (`flax_squeezenet.storage.files`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import os
 
 import ml_collections
 
-from flax_squeezenet import files
+from flax_squeezenet.storage import files
 
 CONFIG_JSON = "config.json"
 CHECKPOINT_DIR = "checkpoints"

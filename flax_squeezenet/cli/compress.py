@@ -1,55 +1,41 @@
-"""`squeezenet-compress WEIGHTS --output FILE [--retrain-workdir DIR --config PRESET [--config.key=value ...]]`:
-Deep Compression.
+"""`squeezenet-compress WEIGHTS --output FILE`: Deep Compression after training.
 
-Without --retrain-workdir: prunes by magnitude (with --density), shares weights (--bits per
-weight), Huffman-codes the result into a `.sqz` file (`load_pretrained` reads it) or writes the
-paper's `.net` format, then prints the sizes and the largest logit change. With it: prune ->
-retrain -> share -> fine-tune the shared values, as `python -m train` runs on the data of the
-training config (`flax_squeezenet.compression.retrain`; run from the checkout), then encode,
-printing each stage's eval top-1 and size; run it again to resume. Errors the user can fix print
-one line on stderr and exit with status 1.
+Prunes by magnitude (with --density), shares weights (--bits per weight), Huffman-codes the result
+into a `.sqz` file (`load_pretrained` reads it) or writes the paper's `.net` format, then prints the
+sizes and the largest logit change. Compression with retraining (prune -> retrain -> share ->
+fine-tune) is the training program's: `python -m train.compress` from the checkout, which takes
+these arguments too. Errors the user can fix print one line on stderr and exit with status 1.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
-import os
-import pathlib
 import sys
 from collections.abc import Sequence
 
 import jax
 import numpy as np
 
-from flax_squeezenet.compression import FORMATS, compress, encoded_size, save_compressed
+from flax_squeezenet.compression import FORMATS, compress, save_compressed
 from flax_squeezenet.compression.api import variant_name
-from flax_squeezenet.compression.netfile import check_net_model
-from flax_squeezenet.compression.retrain import (
-    PipelineInterrupted,
-    compress_with_retraining,
-    recorded_sensitivity_plan,
-    training_config,
-)
+from flax_squeezenet.compression.pruning import kernel_density
+from flax_squeezenet.compression.rounding import WEIGHT_ROUNDINGS
 from flax_squeezenet.compression.sensitivity import sensitivity_densities
-from flax_squeezenet.conventions import input_convention
-from flax_squeezenet.download import DownloadError
-from flax_squeezenet.models import count_params
-from flax_squeezenet.pretrained import load_pretrained
-from flax_squeezenet.rounding import WEIGHT_ROUNDINGS
-from flax_squeezenet.xla_options import compiler_options
+from flax_squeezenet.storage.download import DownloadError
+from flax_squeezenet.weights.netfile import check_net_model
+from flax_squeezenet.weights.pretrained import input_convention, load_pretrained
+from flax_squeezenet.zoo.models import count_params
+from flax_squeezenet.zoo.xla_options import compiler_options
 
 PROG = "squeezenet-compress"
 DENSITY_PLANS = ("uniform", "sensitivity")
 RANDOM_IMAGES = 4
+RETRAINING_MOVED = ("compression with retraining is the training program's: from the root of a checkout, run "
+                    "python -m train.compress WEIGHTS --output FILE --workdir DIR --config PRESET [--config.key=value ...]")  # fmt: skip
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description="Compress SqueezeNet weights as Deep Compression does, without retraining: "
-        "magnitude pruning, weight sharing (k-means), Huffman coding.",
-    )
+def add_compression_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments every compression takes: the weights, the output file and its format, pruning and sharing."""
     parser.add_argument(
         "weights", metavar="WEIGHTS",
         help="a pretrained name, or a .pth, ncnn .param, .net, .sqz file or save_pretrained directory",
@@ -66,15 +52,24 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     parser.add_argument("--bits", type=int, default=8, metavar="B", help="bits per shared weight, 1 to 8 (default 8)")
     parser.add_argument(
-        "--weight-rounding", choices=WEIGHT_ROUNDINGS, default="nearest",
-        help="nearest: each weight takes its nearest shared value (default); adaround: the value below or above "
-        "it that keeps each layer's output on --images closest to the uncompressed model's, biases corrected "
-        "(post-training only; slower)",
-    )  # fmt: skip
-    parser.add_argument(
         "--format", choices=FORMATS, default="squeezenet",
         help="squeezenet: a .sqz file load_pretrained reads (default); "
         "net: the paper's .net file (v1.0, 1000 classes, 8 bits)",
+    )  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Compress SqueezeNet weights as Deep Compression does, without retraining: "
+        "magnitude pruning, weight sharing (k-means), Huffman coding.",
+    )
+    add_compression_arguments(parser)
+    parser.add_argument(
+        "--weight-rounding", choices=WEIGHT_ROUNDINGS, default="nearest",
+        help="nearest: each weight takes its nearest shared value (default); adaround: the value below or above "
+        "it that keeps each layer's output on --images closest to the uncompressed model's, biases corrected "
+        "(slower)",
     )  # fmt: skip
     parser.add_argument(
         "--images", nargs="+", metavar="IMAGE",
@@ -82,12 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
         f"--weight-rounding adaround, prepared as the weights' own input convention says (default: "
         f"{RANDOM_IMAGES} random inputs)",
     )  # fmt: skip
-    parser.add_argument(
-        "--retrain-workdir", metavar="DIR",
-        help="retrain: prune -> retrain -> share -> fine-tune as python -m train runs in DIR/prune and DIR/share "
-        "(run again to resume); needs --config, and --config.key=value overrides as python -m train takes them",
-    )  # fmt: skip
-    parser.add_argument("--config", metavar="PRESET", help="with --retrain-workdir: a training preset or config .py file")
+    parser.add_argument("--retrain-workdir", metavar="DIR", help="moved: retraining runs as python -m train.compress")
+    parser.add_argument("--config", metavar="PRESET", help="moved: retraining runs as python -m train.compress")
     return parser
 
 
@@ -110,66 +101,40 @@ def largest_logit_change(module, variables, params, images: np.ndarray) -> float
     return float(np.max(np.abs(np.asarray(apply({"params": params}, images)) - np.asarray(apply(variables, images)))))
 
 
-def _kept_fraction(params) -> float:
-    kernels = [leaf for leaf in jax.tree_util.tree_leaves(params) if leaf.ndim >= 2]
-    return sum(int(np.count_nonzero(k)) for k in kernels) / sum(math.prod(k.shape) for k in kernels)
-
-
-def _describe_plan(plan: dict[str, float]) -> str:
+def describe_plan(plan: dict[str, float]) -> str:
+    """One line naming each pruned layer's density."""
     pruned = ", ".join(f"{layer} {density:g}" for layer, density in plan.items())
     return f"sensitivity plan (other convs kept whole): {pruned or 'nothing pruned'}"
 
 
-def run_with_retraining(args: argparse.Namespace, overrides: Sequence[str]) -> str:
-    """Run the retraining pipeline the command line describes; the summary to print."""
-    config = training_config(args.config, overrides)
-    folder = pathlib.Path(args.output).resolve().parent
-    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-        raise PermissionError(f"cannot write --output {args.output}: {folder} is not a writable directory")
-    convention = "caffe_bgr" if args.format == "net" else None
-    density, plan = args.density, None
-    if args.density_plan == "sensitivity":
-        density, plan = 1.0, recorded_sensitivity_plan(args.retrain_workdir, config, args.weights, args.density, progress=True)
-    compressed, stages = compress_with_retraining(args.weights, args.retrain_workdir, config, bits=args.bits,
-                                                  density=density, layer_densities=plan,
-                                                  input_convention=convention)  # fmt: skip
-    path = save_compressed(compressed, args.output, format=args.format)
-    float_bytes = 4 * count_params(compressed.params())
-    lines = [f"{args.weights}: {float_bytes:,} bytes as float32"]
-    if plan is not None:
-        lines.append(_describe_plan(plan))
-    for stage in stages:
-        params = load_pretrained(stage.model)[1]["params"]
-        shared_size = encoded_size(compress(stage.model, bits=args.bits, input_convention=convention), args.format)
-        lines.append(f"{stage.name}: {stage.model}: eval top-1 {stage.top1:.4f}, {_kept_fraction(params):.1%} of "
-                     f"conv weights kept, {shared_size:,} bytes {args.bits}-bit shared")  # fmt: skip
-    size = path.stat().st_size
-    lines.append(f"wrote {path}: {size:,} bytes ({float_bytes / size:.1f}x smaller than float32's {float_bytes:,})")
-    return "\n".join(lines)
+def check_format_holds(module, file_format: str) -> None:
+    """ValueError unless a file of `file_format` can hold `module` (the .net file holds one model)."""
+    if file_format == "net":
+        check_net_model(variant_name(module), module.in_channels, module.num_classes)
+
+
+def check_compression_arguments(args: argparse.Namespace) -> None:
+    """ValueError for argument combinations no compression can run."""
+    if args.density is not None and not 0.0 < args.density <= 1.0:
+        raise ValueError(f"--density must be in (0, 1], got {args.density}")
+    if args.density_plan == "sensitivity" and args.density is None:
+        raise ValueError("--density-plan sensitivity spreads --density over the layers: give --density")
+    if args.format == "net" and args.bits != 8:
+        raise ValueError(f"the .net format holds 8-bit shared weights, got --bits {args.bits}")
 
 
 def run(args: argparse.Namespace, overrides: Sequence[str] = ()) -> str:
     """Compress as the command line says; the summary to print."""
-    if args.density is not None and not 0.0 < args.density <= 1.0:
-        raise ValueError(f"--density must be in (0, 1], got {args.density}")
-    if (args.retrain_workdir is None) != (args.config is None):
-        raise ValueError("--retrain-workdir and --config go together: retraining needs both")
-    if overrides and args.retrain_workdir is None:
-        raise ValueError(f"unexpected arguments {' '.join(overrides)}: --config.key=value needs --retrain-workdir")
-    if args.density_plan == "sensitivity" and args.density is None:
-        raise ValueError("--density-plan sensitivity spreads --density over the layers: give --density")
-    if args.density_plan == "sensitivity" and not (args.images or args.retrain_workdir):
-        raise ValueError("--density-plan sensitivity measures each layer on images: give --images, or --retrain-workdir")
-    if args.weight_rounding == "adaround" and (args.retrain_workdir or not args.images):
-        raise ValueError("--weight-rounding adaround fits each layer post-training on images: give --images, "
-                         "without --retrain-workdir")  # fmt: skip
-    if args.format == "net" and args.bits != 8:
-        raise ValueError(f"the .net format holds 8-bit shared weights, got --bits {args.bits}")
+    if args.retrain_workdir is not None or args.config is not None or overrides:
+        raise ValueError(RETRAINING_MOVED)
+    check_compression_arguments(args)
+    if args.density_plan == "sensitivity" and not args.images:
+        raise ValueError("--density-plan sensitivity measures each layer on images: give --images "
+                         "(or retrain with python -m train.compress, which measures them on the training data)")  # fmt: skip
+    if args.weight_rounding == "adaround" and not args.images:
+        raise ValueError("--weight-rounding adaround fits each layer on images: give --images")
     module, variables = load_pretrained(args.weights)
-    if args.format == "net":
-        check_net_model(variant_name(module), module.in_channels, module.num_classes)
-    if args.retrain_workdir is not None:
-        return run_with_retraining(args, overrides)
+    check_format_holds(module, args.format)
     images = _sample_images(args.images, module, args.weights)
     convention = "caffe_bgr" if args.format == "net" else None
     density, plan = args.density, None
@@ -183,13 +148,13 @@ def run(args: argparse.Namespace, overrides: Sequence[str] = ()) -> str:
     change = largest_logit_change(module, variables, params, images)
     float_bytes = 4 * count_params(params)
     size = path.stat().st_size
-    kept = _kept_fraction(params)
+    kept = kernel_density(params)
     where = f"{len(images)} images" if args.images else f"{len(images)} random inputs"
     where += " (the calibration images)" if args.weight_rounding == "adaround" else ""
     summary = (f"wrote {path}: {size:,} bytes ({float_bytes / size:.1f}x smaller than float32's {float_bytes:,}); "
                f"{kept:.1%} of conv weights kept, {args.bits}-bit shared; "
                f"largest logit change on {where}: {change:.3g}")  # fmt: skip
-    return summary if plan is None else f"{_describe_plan(plan)}\n{summary}"
+    return summary if plan is None else f"{describe_plan(plan)}\n{summary}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -200,9 +165,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         print(run(args, overrides))
-    except PipelineInterrupted as interrupted:
-        print(f"{PROG}: {interrupted}", file=sys.stderr)
-        return 128 + interrupted.signum
     except (OSError, ValueError, ImportError, DownloadError) as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 1

@@ -1,5 +1,5 @@
-"""`squeezenet-export` for devices: int8 ONNX and fixed input shapes (flax_squeezenet.quantize), and
-LiteRT float32 and int8 (flax_squeezenet.tflite)."""
+"""`squeezenet-export` for devices: int8 ONNX and fixed input shapes (flax_squeezenet.deploy.onnx_int8), and
+LiteRT float32 and int8 (flax_squeezenet.deploy.tflite)."""
 
 from __future__ import annotations
 
@@ -8,15 +8,16 @@ import dataclasses
 
 import numpy as np
 
-from flax_squeezenet import files, quantize, tflite
-from flax_squeezenet.conventions import IMAGENET, InputConvention
-from flax_squeezenet.export import save_onnx
-from flax_squeezenet.preprocess import CROP_SIZE, RESIZE_SIZE
-from flax_squeezenet.rounding import WEIGHT_ROUNDINGS
+from flax_squeezenet.compression.rounding import WEIGHT_ROUNDINGS
+from flax_squeezenet.deploy import onnx_int8, tflite
+from flax_squeezenet.deploy.onnx import save_onnx
+from flax_squeezenet.storage import files
+from flax_squeezenet.weights.conventions import IMAGENET, InputConvention
+from flax_squeezenet.weights.preprocess import CROP_SIZE, RESIZE_SIZE
 
 
 def add_options(parser: argparse.ArgumentParser) -> None:
-    """--int8, --calibration, --input-shape, --mean, --std (flax_squeezenet.quantize)."""
+    """--int8, --calibration, --input-shape, --mean, --std (flax_squeezenet.deploy.onnx_int8)."""
     group = parser.add_argument_group("int8 and fixed shapes")
     group.add_argument(
         "--int8", action="store_true",
@@ -86,16 +87,16 @@ def export(args: argparse.Namespace, module, variables, convention: InputConvent
     check_options(args, module)
     convention = calibration_convention(args, module, convention)
     if args.int8:
-        calibration, held_back_files = quantize.split_held_back(
-            quantize.image_files(args.calibration), quantize.HELD_BACK, quantize.MAX_IMAGES
+        calibration, held_back_files = onnx_int8.split_held_back(
+            onnx_int8.image_files(args.calibration), onnx_int8.HELD_BACK, onnx_int8.MAX_IMAGES
         )
-        held_back = quantize.calibration_images(held_back_files, module.in_channels, convention)
+        held_back = onnx_int8.calibration_images(held_back_files, module.in_channels, convention)
         path = save_onnx(
             module, variables, args.output, preprocessing=convention, int8=True,
             calibration=calibration, input_shape=args.input_shape, weight_rounding=args.weight_rounding,
         )  # fmt: skip
-        result = quantize.agreement(
-            quantize.flax_logits(module, variables, held_back), quantize.run_onnx(path, held_back)
+        result = onnx_int8.agreement(
+            onnx_int8.flax_logits(module, variables, held_back), onnx_int8.run_onnx(path, held_back)
         )
         return (
             f"wrote int8 {path}; vs Flax on {result.images} held-back images: top-1 agreement "
@@ -104,7 +105,7 @@ def export(args: argparse.Namespace, module, variables, convention: InputConvent
     path = save_onnx(module, variables, args.output, preprocessing=convention, input_shape=args.input_shape)
     batch, channels, height, width = args.input_shape
     images = np.random.default_rng(0).standard_normal((batch, height, width, channels)).astype(np.float32)
-    result = quantize.agreement(quantize.flax_logits(module, variables, images), quantize.run_onnx(path, images))
+    result = onnx_int8.agreement(onnx_int8.flax_logits(module, variables, images), onnx_int8.run_onnx(path, images))
     shape = "x".join(map(str, args.input_shape))
     return f"wrote {path} (input {shape}); onnxruntime vs Flax: max |difference| {result.max_logit_difference:.2e}"
 
@@ -140,7 +141,7 @@ def export_tflite(args: argparse.Namespace, module, variables, convention: Input
     with files.atomic_file(args.output) as staging:
         tflite.save_tflite(module, variables, staging, image_size=(height, width), batch=batch,
                            preprocessing=convention)  # fmt: skip
-        result = quantize.agreement(quantize.flax_logits(module, variables, images), tflite.run_tflite(staging, images))
+        result = onnx_int8.agreement(onnx_int8.flax_logits(module, variables, images), tflite.run_tflite(staging, images))
     return (
         f"wrote {files.user_path(args.output)} (float32, input {shape}); LiteRT vs Flax: "
         f"max |difference| {result.max_logit_difference:.2e}"

@@ -16,15 +16,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flax_squeezenet import files
 from flax_squeezenet.cli import device_export
 from flax_squeezenet.cli.common import OneLineErrorParser, positive_int, quiet_library_logs
-from flax_squeezenet.conventions import input_convention
-from flax_squeezenet.download import DownloadError
-from flax_squeezenet.export import save_onnx
-from flax_squeezenet.models import MODELS, create_model
-from flax_squeezenet.preprocess import CROP_SIZE
-from flax_squeezenet.pretrained import PRETRAINED, load_pretrained
+from flax_squeezenet.deploy.onnx import save_onnx
+from flax_squeezenet.storage import files
+from flax_squeezenet.storage.download import DownloadError
+from flax_squeezenet.weights.preprocess import CROP_SIZE
+from flax_squeezenet.weights.pretrained import PRETRAINED, input_convention, load_pretrained
+from flax_squeezenet.zoo.models import MODELS, create_model
 
 PROG = "squeezenet-export"
 DEFAULT_MODEL = "squeezenet1_1"

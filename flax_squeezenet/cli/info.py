@@ -10,8 +10,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from flax_squeezenet.models import MODELS, create_model
-from flax_squeezenet.summary import summary
+from flax_squeezenet.zoo.models import MODELS, create_model
+from flax_squeezenet.zoo.summary import summary
 
 PROG = "squeezenet-info"
 

@@ -18,12 +18,12 @@ import numpy as np
 import tqdm
 
 from flax_squeezenet.cli.common import OneLineErrorParser, positive_int, quiet_library_logs
-from flax_squeezenet.conventions import InputConvention, input_convention
-from flax_squeezenet.download import DownloadError
-from flax_squeezenet.imagenet import NUM_CLASSES, imagenet_class_names
-from flax_squeezenet.preprocess import check_image
-from flax_squeezenet.pretrained import PRETRAINED, load_pretrained
-from flax_squeezenet.xla_options import compiler_options
+from flax_squeezenet.storage.download import DownloadError
+from flax_squeezenet.weights.conventions import InputConvention
+from flax_squeezenet.weights.imagenet import NUM_CLASSES, imagenet_class_names
+from flax_squeezenet.weights.preprocess import check_image
+from flax_squeezenet.weights.pretrained import PRETRAINED, input_convention, load_pretrained
+from flax_squeezenet.zoo.xla_options import compiler_options
 
 PROG = "squeezenet-predict"
 DEFAULT_MODEL = "squeezenet1_1"

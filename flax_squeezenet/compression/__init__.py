@@ -9,15 +9,17 @@ Huffman-coded relative sparse indices, the `.sqz` file `load_pretrained` reads a
 - adaptive: each weight rounded to the shared value below or above it that best keeps its layer's
   output on calibration images (`compress(..., weight_rounding="adaround", images=...)`).
 - trained_sharing: `with_shared_weights`, an optax wrapper training shared weights (centroid updates).
-- retrain: `compress_with_retraining`, the prune -> retrain -> share -> fine-tune pipeline through
-  the training program (`train/`, from the checkout).
-- sparse, huffman, fileformat, netfile: the encodings and the two file formats.
+- rounding: adaptive rounding of a convolution's weights onto any grid (shared values here, int8 in
+  `flax_squeezenet.deploy`).
+
+The compressed model and its files (`CompressedModel`, `SharedKernel`, `.sqz`, `.net`) live in
+`flax_squeezenet.weights`, which reads them; the prune -> retrain -> share -> fine-tune pipeline that
+drives training is the training program's (`python -m train.compress`).
 """
 
 from flax_squeezenet.compression.api import FORMATS, compress, encoded_size, read_source, save_compressed
-from flax_squeezenet.compression.compressed import CompressedModel
-from flax_squeezenet.compression.fileformat import read_compressed
-from flax_squeezenet.compression.sharing import SharedKernel
+from flax_squeezenet.weights.compressed import CompressedModel, SharedKernel
+from flax_squeezenet.weights.sqz import read_compressed
 
 __all__ = [
     "FORMATS",

@@ -1,7 +1,7 @@
 """Adaptive rounding, layer after layer: each weight takes the value just below or just above it
 (on a shared-weight codebook here; on the int8 grid in `int8_rounding`), whichever brings its
 layer's output closest to the source model's on calibration images (AdaRound,
-`flax_squeezenet.rounding`), and each bias absorbs the remaining mean shift. The layers are rounded
+`flax_squeezenet.compression.rounding`), and each bias absorbs the remaining mean shift. The layers are rounded
 in the order the model runs them, each against the inputs the layers rounded before it give it,
 so that it also makes up for their error. Re-clustering the paper's 8-bit file to 6 bits costs
 8.9 points of top-1 with round-to-nearest, 0.9 this way (BENCHMARKS.md, "Deep Compression without
@@ -21,8 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm.auto
 
-from flax_squeezenet.compression.sharing import SharedKernel
-from flax_squeezenet.rounding import InputMoments, PairedMoments, round_up_or_down
+from flax_squeezenet.compression.rounding import InputMoments, PairedMoments, round_up_or_down
+from flax_squeezenet.weights.compressed import SharedKernel
 
 BATCH_SIZE = 10
 

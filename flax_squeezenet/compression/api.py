@@ -13,15 +13,15 @@ import jax
 import numpy as np
 import tqdm.auto
 
-from flax_squeezenet import conventions, pretrained
-from flax_squeezenet.compression import fileformat, netfile, pruning
+from flax_squeezenet.compression import pruning
 from flax_squeezenet.compression.adaptive import adaround_shared
-from flax_squeezenet.compression.compressed import CompressedModel
 from flax_squeezenet.compression.finetune import stored_input
-from flax_squeezenet.compression.sharing import check_bits, share_weights
-from flax_squeezenet.deepcompression import fold_caffe_input, load_deep_compression
-from flax_squeezenet.models import MODELS, SqueezeNet
-from flax_squeezenet.rounding import WEIGHT_ROUNDINGS
+from flax_squeezenet.compression.rounding import WEIGHT_ROUNDINGS
+from flax_squeezenet.compression.sharing import share_weights
+from flax_squeezenet.weights import netfile, pretrained, sqz
+from flax_squeezenet.weights.compressed import CompressedModel, check_bits
+from flax_squeezenet.weights.deepcompression import fold_caffe_input, load_deep_compression
+from flax_squeezenet.zoo.models import MODELS, SqueezeNet
 
 FORMATS = ("squeezenet", "net")
 
@@ -58,8 +58,8 @@ def read_source(weights: str | os.PathLike) -> tuple[SqueezeNet, str, dict[str, 
     path = pathlib.Path(weights)
     if path.suffix == ".net" and path.is_file():
         return module, "caffe_bgr", _flat(load_deep_compression(path, fold_input=False)[2])
-    if path.suffix == fileformat.SUFFIX and path.is_file():
-        stored = fileformat.read_compressed(path)
+    if path.suffix == sqz.SUFFIX and path.is_file():
+        stored = sqz.read_compressed(path)
         return module, stored.input_convention, _flat(stored.stored_params())
     return module, "torchvision", _flat(variables["params"])
 
@@ -123,7 +123,7 @@ def compress(
         leaves = adaround_shared(module, flat, leaves, stored_input(np.asarray(images, np.float32), convention), progress)
     kwargs = {key: getattr(module, key) for key, default in (("in_channels", 3), ("classifier_padding", 0))
               if getattr(module, key) != default}  # fmt: skip
-    return CompressedModel(variant_name(module), kwargs, convention, leaves, conventions.input_convention(weights))
+    return CompressedModel(variant_name(module), kwargs, convention, leaves, pretrained.input_convention(weights))
 
 
 def save_compressed(compressed: CompressedModel, path: str | os.PathLike, *, format: str | None = None) -> pathlib.Path:
@@ -134,9 +134,9 @@ def save_compressed(compressed: CompressedModel, path: str | os.PathLike, *, for
         raise ValueError(f"unknown format {format!r}; expected one of {', '.join(FORMATS)}")
     if format == "net":
         return netfile.save_net(compressed, path)
-    return fileformat.save_compressed_file(compressed, path)
+    return sqz.save_compressed_file(compressed, path)
 
 
 def encoded_size(compressed: CompressedModel, format: str = "squeezenet") -> int:
     """The bytes `save_compressed` would write in `format`."""
-    return len(netfile.encode_net(compressed) if format == "net" else fileformat.encode_compressed(compressed))
+    return len(netfile.encode_net(compressed) if format == "net" else sqz.encode_compressed(compressed))

@@ -14,11 +14,11 @@ import numpy as np
 import optax
 import tqdm.auto
 
-from flax_squeezenet.compression.compressed import CompressedModel
-from flax_squeezenet.compression.sharing import SharedKernel, centroid_gradients
-from flax_squeezenet.deepcompression import CAFFE_BGR_MEAN
-from flax_squeezenet.models import SqueezeNet
-from flax_squeezenet.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from flax_squeezenet.compression.sharing import centroid_gradients
+from flax_squeezenet.weights.compressed import CompressedModel, SharedKernel
+from flax_squeezenet.weights.deepcompression import CAFFE_BGR_MEAN
+from flax_squeezenet.weights.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from flax_squeezenet.zoo.models import SqueezeNet
 
 
 def stored_input(images: np.ndarray, input_convention: str) -> np.ndarray:

@@ -5,40 +5,12 @@ of the kept weights."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from flax_squeezenet.compression.kmeans import kmeans_1d
-
-MAX_BITS = 8
-
-
-@dataclasses.dataclass(frozen=True)
-class SharedKernel:
-    """A kernel stored as `codebook[indices]`; `codebook[0] == 0` marks pruned weights."""
-
-    codebook: np.ndarray  # float32, (2**bits,)
-    indices: np.ndarray  # integer, the kernel's shape
-
-    @property
-    def bits(self) -> int:
-        return int(self.codebook.size).bit_length() - 1
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(self.indices.shape)
-
-    def dense(self) -> np.ndarray:
-        """The kernel (float32) these indices and codebook stand for."""
-        return self.codebook[self.indices]
-
-
-def check_bits(bits: int) -> None:
-    if not isinstance(bits, (int, np.integer)) or not 1 <= bits <= MAX_BITS:
-        raise ValueError(f"bits per weight must be an integer from 1 to {MAX_BITS}, got {bits!r}")
+from flax_squeezenet.weights.compressed import SharedKernel, check_bits
 
 
 def share_weights(kernel: np.ndarray, bits: int) -> SharedKernel:

@@ -21,7 +21,8 @@ import jax.numpy as jnp
 import optax
 
 from flax_squeezenet.compression.kmeans import lloyd_1d
-from flax_squeezenet.compression.sharing import centroid_gradients, check_bits
+from flax_squeezenet.compression.sharing import centroid_gradients
+from flax_squeezenet.weights.compressed import check_bits
 
 # Updates that only move weights onto their clusters' values, before the centroid updates start.
 SNAP_UPDATES = 2

@@ -13,7 +13,7 @@ import ml_collections
 
 import flax_squeezenet
 from flax_squeezenet.compression import pruning
-from flax_squeezenet.compression.sharing import MAX_BITS
+from flax_squeezenet.weights.compressed import MAX_BITS
 from train import optim, parallel
 from train.configs import default
 

@@ -3,7 +3,7 @@
 An `InputConvention` says how an image becomes the model's input: shorter side resized to
 `resize_size` (bilinear), center crop `crop_size`, scaled to [0, 1], channels in `channel_order`
 ("RGB", "BGR" or "L" for grayscale), then `(x - mean) / std` per channel in that order.
-`input_convention(name_or_path)` gives the one for any source `load_pretrained` reads: torchvision's
+`pretrained.input_convention(name_or_path)` gives the one for any source `load_pretrained` reads: torchvision's
 weights and their ncnn export use ImageNet's; the paper's Deep Compression file is fed 227-pixel
 crops (its Caffe input scaling is folded into conv1); a `save_pretrained` directory or Hub repository
 carries its own in its metadata (e.g. a Fashion-MNIST model: "L", 64 px, the dataset's statistics).
@@ -12,16 +12,13 @@ carries its own in its metadata (e.g. a Fashion-MNIST model: "L", 64 px, the dat
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import pathlib
 from collections.abc import Mapping
 from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
 
-from flax_squeezenet.preprocess import (
+from flax_squeezenet.weights.preprocess import (
     CROP_SIZE,
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -31,7 +28,6 @@ from flax_squeezenet.preprocess import (
     resized_size,
     to_pil,
 )
-from flax_squeezenet import safetensors_io
 
 ChannelOrder = Literal["RGB", "BGR", "L"]
 CHANNELS = {"RGB": 3, "BGR": 3, "L": 1}
@@ -104,36 +100,3 @@ class InputConvention:
 
 IMAGENET = InputConvention()
 DEEP_COMPRESSION = InputConvention(crop_size=227)
-
-
-def _saved_convention(directory: pathlib.Path, metadata_file: str) -> InputConvention:
-    path = directory / metadata_file
-    stored = json.loads(path.read_text()).get(PREPROCESSING_KEY)
-    return IMAGENET if stored is None else InputConvention.from_dict(stored, str(path))
-
-
-def input_convention(name_or_path: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> InputConvention:
-    """The input convention of the weights `load_pretrained(name_or_path)` loads.
-
-    Directories and `.sqz` files without one stored (older saves) and every torchvision source give
-    `IMAGENET`.
-    """
-    from flax_squeezenet.pretrained import METADATA_FILE, PRETRAINED
-
-    if isinstance(name_or_path, str) and name_or_path in PRETRAINED:
-        return IMAGENET
-    if str(name_or_path).startswith(safetensors_io.HUB_PREFIX):
-        return _saved_convention(safetensors_io.hub_directory(str(name_or_path), cache_dir), safetensors_io.CONFIG_FILE)
-    path = pathlib.Path(name_or_path)
-    if safetensors_io.is_safetensors_dir(path):
-        return _saved_convention(path, safetensors_io.CONFIG_FILE)
-    if (path / METADATA_FILE).is_file():
-        return _saved_convention(path, METADATA_FILE)
-    if path.suffix == ".net":
-        return DEEP_COMPRESSION
-    if path.suffix == ".sqz" and path.is_file():
-        from flax_squeezenet.compression.fileformat import read_preprocessing
-
-        return read_preprocessing(path)
-    return IMAGENET
-

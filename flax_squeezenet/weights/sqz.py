@@ -21,11 +21,10 @@ import struct
 
 import numpy as np
 
-from flax_squeezenet import files
-from flax_squeezenet.compression import huffman, sparse
-from flax_squeezenet.compression.compressed import CompressedModel
-from flax_squeezenet.compression.sharing import SharedKernel, check_bits
-from flax_squeezenet.conventions import IMAGENET, PREPROCESSING_KEY, InputConvention
+from flax_squeezenet.storage import files
+from flax_squeezenet.weights import huffman, sparse
+from flax_squeezenet.weights.compressed import CompressedModel, SharedKernel, check_bits
+from flax_squeezenet.weights.conventions import IMAGENET, PREPROCESSING_KEY, InputConvention
 
 SUFFIX = ".sqz"
 MAGIC = b"SQZDEEPC"

@@ -1,6 +1,6 @@
 """int8 ONNX: static post-training quantization of the exported graph, checked against the Flax model.
 
-The float32 graph of `flax_squeezenet.export.to_onnx` (whose convolution weights may already lie
+The float32 graph of `flax_squeezenet.deploy.onnx.to_onnx` (whose convolution weights may already lie
 on their int8 grid: `flax_squeezenet.int8_rounding`) goes through
 `onnxruntime.quantization.quantize_static` in QDQ format: per-channel symmetric int8 weights, uint8 activations,
 ranges calibrated on real images (run through the weights' own input convention). The final
@@ -23,9 +23,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from flax_squeezenet.conventions import IMAGENET, InputConvention
-from flax_squeezenet.models import SqueezeNet
-from flax_squeezenet.preprocess import IMAGENET_MEAN, IMAGENET_STD, preprocess_one, to_pil
+from flax_squeezenet.weights.conventions import IMAGENET, InputConvention
+from flax_squeezenet.weights.preprocess import IMAGENET_MEAN, IMAGENET_STD, preprocess_one, to_pil
+from flax_squeezenet.zoo.models import SqueezeNet
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 FLOAT_NODES = ("pooled",)  # the node names export.to_onnx gives; see the module docstring

@@ -27,8 +27,8 @@ from typing import Any
 import flax.traverse_util
 import numpy as np
 
-from flax_squeezenet import download, files
-from flax_squeezenet.download import DownloadError
+from flax_squeezenet.storage import download, files
+from flax_squeezenet.storage.download import DownloadError
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"

@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from flax_squeezenet import files
-from flax_squeezenet.layers import Convolution, Layer
-from flax_squeezenet.models import SqueezeNet
-from flax_squeezenet.rounding import WEIGHT_ROUNDINGS
+from flax_squeezenet.compression.rounding import WEIGHT_ROUNDINGS
+from flax_squeezenet.storage import files
+from flax_squeezenet.zoo.layers import Convolution, Layer
+from flax_squeezenet.zoo.models import SqueezeNet
 
 OPSET = 17  # Supported by onnxruntime (mobile included), pnnx/ncnn and TensorRT alike.
 IR_VERSION = 8  # The IR version of opset 17, so that older runtimes accept the file.
@@ -136,7 +136,7 @@ def save_onnx(
 
     `preprocessing` (a `conventions.InputConvention`) is stored as the model property
     "preprocessing" (JSON: mean, std, resize_size, crop_size, channel_order) for deployments.
-    `int8=True` writes the static int8 (QDQ) model (`flax_squeezenet.quantize`), calibrated on
+    `int8=True` writes the static int8 (QDQ) model (`flax_squeezenet.deploy.onnx_int8`), calibrated on
     `calibration`: a folder of images or a list of image files, prepared by `preprocessing`
     (default: ImageNet's for a 3-channel model; a 1-channel model needs its own), or an NHWC
     float32 array already prepared. `input_shape` (N, C, H, W) fixes the input shape; by default
@@ -147,7 +147,7 @@ def save_onnx(
     """
     import onnx
 
-    from flax_squeezenet import int8_rounding, quantize
+    from flax_squeezenet.deploy import int8_rounding, onnx_int8
 
     if int8 != (calibration is not None):
         raise ValueError("int8=True and calibration go together (a folder, image files or prepared images)")
@@ -156,16 +156,16 @@ def save_onnx(
 
     def export(weights: Mapping[str, Any]) -> Any:
         proto = to_onnx(module, weights)
-        return proto if input_shape is None else quantize.with_fixed_input_shape(proto, input_shape)
+        return proto if input_shape is None else onnx_int8.with_fixed_input_shape(proto, input_shape)
 
     model = export(variables)
     if int8:
-        images = quantize.calibration_images(calibration, module.in_channels, preprocessing, input_shape)
+        images = onnx_int8.calibration_images(calibration, module.in_channels, preprocessing, input_shape)
         if weight_rounding == "adaround":  # fitted to the float model's activation ranges: quantized with them
             rounded = export(int8_rounding.adaround_int8(module, variables, images))
-            model = quantize.quantize_int8(rounded, images, ranges_from=model)
+            model = onnx_int8.quantize_int8(rounded, images, ranges_from=model)
         else:
-            model = quantize.quantize_int8(model, images)
+            model = onnx_int8.quantize_int8(model, images)
     if preprocessing is not None:
         onnx.helper.set_model_props(model, {"preprocessing": json.dumps(preprocessing.to_dict())})
     with files.atomic_file(path) as temporary:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from flax_squeezenet import download, files
+from flax_squeezenet.storage import download, files
 
 CLASS_NAMES_URL = "https://raw.githubusercontent.com/pytorch/hub/master/imagenet_classes.txt"
 CLASS_NAMES_ENV = "FLAX_SQUEEZENET_CLASS_NAMES"

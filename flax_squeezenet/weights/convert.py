@@ -13,8 +13,8 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from flax_squeezenet.layers import convolutions, layer_plan
-from flax_squeezenet.stages import V1_0, V1_1, Stage
+from flax_squeezenet.zoo.layers import convolutions, layer_plan
+from flax_squeezenet.zoo.stages import V1_0, V1_1, Stage
 
 Params = dict[str, dict]
 

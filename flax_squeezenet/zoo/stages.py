@@ -1,7 +1,7 @@
 """Stage descriptions: the sequence of stem convolution, Fire modules and pools a variant is made of.
 
 A description says only what the paper's tables say (filter counts, kernel sizes, where the pools
-are); `flax_squeezenet.layers.layer_plan` turns it into named layers with their channels.
+are); `flax_squeezenet.zoo.layers.layer_plan` turns it into named layers with their channels.
 """
 
 from __future__ import annotations

@@ -11,13 +11,13 @@ import pathlib
 
 import numpy as np
 
-from flax_squeezenet.compression import sparse
-from flax_squeezenet.compression.compressed import CompressedModel
-from flax_squeezenet.compression.sharing import SharedKernel
-from flax_squeezenet import files, layers
-from flax_squeezenet.deepcompression import CAFFE_BGR_MEAN, CODEBOOK_SIZE
-from flax_squeezenet.stages import V1_0
-from flax_squeezenet.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from flax_squeezenet.storage import files
+from flax_squeezenet.weights import sparse
+from flax_squeezenet.weights.compressed import CompressedModel, SharedKernel
+from flax_squeezenet.weights.deepcompression import CAFFE_BGR_MEAN, CODEBOOK_SIZE
+from flax_squeezenet.weights.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from flax_squeezenet.zoo import layers
+from flax_squeezenet.zoo.stages import V1_0
 
 NET_MODEL = "squeezenet1_0"
 NET_CONVOLUTIONS = tuple(layers.convolutions(layers.layer_plan(V1_0, classifier_padding=1)))

@@ -1,4 +1,5 @@
-"""A compressed model in memory: shared-weight kernels, float biases, and what model they make."""
+"""A compressed model in memory: shared-weight kernels (a codebook and an index per weight, index 0
+holding 0.0 for pruned weights), float biases, and what model they make."""
 
 from __future__ import annotations
 
@@ -8,9 +9,37 @@ from typing import Any
 import flax.traverse_util
 import numpy as np
 
-from flax_squeezenet.compression.sharing import SharedKernel
-from flax_squeezenet.conventions import IMAGENET, InputConvention
-from flax_squeezenet.deepcompression import fold_caffe_input
+from flax_squeezenet.weights.conventions import IMAGENET, InputConvention
+from flax_squeezenet.weights.deepcompression import fold_caffe_input
+
+MAX_BITS = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class SharedKernel:
+    """A kernel stored as `codebook[indices]`; `codebook[0] == 0` marks pruned weights."""
+
+    codebook: np.ndarray  # float32, (2**bits,)
+    indices: np.ndarray  # integer, the kernel's shape
+
+    @property
+    def bits(self) -> int:
+        return int(self.codebook.size).bit_length() - 1
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.indices.shape)
+
+    def dense(self) -> np.ndarray:
+        """The kernel (float32) these indices and codebook stand for."""
+        return self.codebook[self.indices]
+
+
+def check_bits(bits: int) -> None:
+    if not isinstance(bits, (int, np.integer)) or not 1 <= bits <= MAX_BITS:
+        raise ValueError(f"bits per weight must be an integer from 1 to {MAX_BITS}, got {bits!r}")
+
+
 
 # How the model expects its input: torchvision's normalised RGB, or Caffe's BGR 0-255 minus mean
 # (the paper's `.net` file; conv1 is then folded at load time, see `deepcompression.fold_caffe_input`).

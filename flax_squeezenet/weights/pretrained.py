@@ -13,21 +13,20 @@ import hashlib
 import json
 import os
 import pathlib
-import re
 import shutil
 import urllib.parse
 import zipfile
 from typing import Any
 
-import flax.traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from flax_squeezenet import convert, deepcompression, download, files, ncnn, pth, safetensors_io
-from flax_squeezenet.conventions import IMAGENET, InputConvention
-from flax_squeezenet.models import MODELS, SqueezeNet, create_model
+from flax_squeezenet.storage import download, files
+from flax_squeezenet.weights import convert, deepcompression, ncnn, pth, safetensors_io, sqz
+from flax_squeezenet.weights.conventions import DEEP_COMPRESSION, IMAGENET, PREPROCESSING_KEY, InputConvention
+from flax_squeezenet.zoo.models import MODELS, SqueezeNet, check_param_shapes, create_model
 
 METADATA_FILE = "metadata.json"
 VARIABLES_DIR = "variables"
@@ -294,44 +293,10 @@ def _read_local(path: pathlib.Path) -> tuple[str, dict[str, Any], Any]:
         model, kwargs, params = deepcompression.load_deep_compression(path)
         return model, kwargs, {"params": params}
     elif path.suffix == ".sqz":
-        from flax_squeezenet.compression.fileformat import read_weights  # keeps `import flax_squeezenet` light
-
-        return read_weights(path)
+        return sqz.read_weights(path)
     else:
         model, params = convert.from_torchvision(pth.load_pth(path))
     return model, {}, {"params": params}
-
-
-_NAME_ORDER = {"conv1": 0, "squeeze": 0, "expand1x1": 1, "expand3x3": 2, "kernel": 0, "bias": 1, "classifier": 1000}
-
-
-def _network_order(path: tuple[str, ...]) -> tuple[tuple[int, int], ...]:
-    """Sort key putting parameter paths in the order the network uses them (fire10 after fire9)."""
-
-    def rank(name: str) -> tuple[int, int]:
-        fire = re.fullmatch(r"fire(\d+)(_bypass)?", name)
-        if fire:
-            return int(fire[1]), 1 if fire[2] else 0
-        return _NAME_ORDER.get(name, 2000), 0
-
-    return tuple(rank(name) for name in path)
-
-
-def _check_shapes(expected: Any, loaded: Any, model_name: str) -> None:
-    """Raise ValueError naming the first parameter (in network order) that is missing or misfits."""
-    expected_flat = flax.traverse_util.flatten_dict(expected)
-    loaded_flat = flax.traverse_util.flatten_dict(loaded)
-    for path in sorted(expected_flat.keys() | loaded_flat.keys(), key=_network_order):
-        name = "/".join(path)
-        if path not in loaded_flat:
-            raise ValueError(f"parameter {name} is missing from the checkpoint ({model_name} has it)")
-        if path not in expected_flat:
-            raise ValueError(f"parameter {name} is in the checkpoint but not in {model_name}")
-        if tuple(loaded_flat[path].shape) != tuple(expected_flat[path].shape):
-            raise ValueError(
-                f"parameter {name} has shape {tuple(loaded_flat[path].shape)} in the checkpoint, "
-                f"but {model_name} expects {tuple(expected_flat[path].shape)}"
-            )
 
 
 def _without_head(variables: Any) -> Any:
@@ -393,9 +358,38 @@ def load_pretrained(
     rng = jax.random.key(0) if rng is None else rng
     expected = jax.eval_shape(module.init, rng, dummy)
     if new_head:
-        _check_shapes(_without_head(expected), _without_head(variables), model_name)
+        check_param_shapes(_without_head(expected), _without_head(variables), model_name)
         # Only the head leaves the jitted init, so XLA drops the backbone's initialisers.
         fresh_head = jax.jit(lambda key: module.init(key, dummy)["params"]["classifier"])(rng)
         variables = {**variables, "params": {**variables["params"], "classifier": fresh_head}}
-    _check_shapes(expected, variables, model_name)
+    check_param_shapes(expected, variables, model_name)
     return module, jax.tree_util.tree_map(lambda leaf, spec: jnp.asarray(leaf, spec.dtype), variables, expected)
+
+
+def _saved_convention(directory: pathlib.Path, metadata_file: str) -> InputConvention:
+    path = directory / metadata_file
+    stored = json.loads(path.read_text()).get(PREPROCESSING_KEY)
+    return IMAGENET if stored is None else InputConvention.from_dict(stored, str(path))
+
+
+def input_convention(name_or_path: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> InputConvention:
+    """The input convention of the weights `load_pretrained(name_or_path)` loads.
+
+    Directories and `.sqz` files without one stored (older saves) and every torchvision source give
+    `IMAGENET`.
+    """
+    if isinstance(name_or_path, str) and name_or_path in PRETRAINED:
+        return IMAGENET
+    if str(name_or_path).startswith(safetensors_io.HUB_PREFIX):
+        return _saved_convention(safetensors_io.hub_directory(str(name_or_path), cache_dir), safetensors_io.CONFIG_FILE)
+    path = pathlib.Path(name_or_path)
+    if safetensors_io.is_safetensors_dir(path):
+        return _saved_convention(path, safetensors_io.CONFIG_FILE)
+    if (path / METADATA_FILE).is_file():
+        return _saved_convention(path, METADATA_FILE)
+    if path.suffix == ".net":
+        return DEEP_COMPRESSION
+    if path.suffix == ".sqz" and path.is_file():
+        return sqz.read_preprocessing(path)
+    return IMAGENET
+

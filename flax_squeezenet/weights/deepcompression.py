@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from flax_squeezenet.convert import Params, from_conv_sequence
-from flax_squeezenet.layers import convolutions, layer_plan
-from flax_squeezenet.preprocess import IMAGENET_MEAN, IMAGENET_STD
-from flax_squeezenet.stages import V1_0
+from flax_squeezenet.weights.convert import Params, from_conv_sequence
+from flax_squeezenet.weights.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from flax_squeezenet.zoo.layers import convolutions, layer_plan
+from flax_squeezenet.zoo.stages import V1_0
 
 MODEL = "squeezenet1_0"
 MODEL_KWARGS: dict[str, Any] = {"classifier_padding": 1}  # Caffe's conv10: pad 1

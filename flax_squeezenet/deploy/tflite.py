@@ -2,7 +2,7 @@
 
 We write the flatbuffer ourselves, with the generated object API the `ai-edge-litert` wheel ships:
 no TensorFlow, and real CONV_2D / MAX_POOL_2D / CONCATENATION ops straight from the layer plan, as
-the ONNX writer (`flax_squeezenet.export`) does.
+the ONNX writer (`flax_squeezenet.deploy.onnx`) does.
 
 The graph computes `SqueezeNet.apply` in eval mode on NHWC input "images" and returns "logits"
 (batch, num_classes): CONV_2D with fused RELU (kernels OHWI), MAX_POOL_2D (ceil mode as SAME
@@ -31,12 +31,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flax_squeezenet import files, quantize
-from flax_squeezenet.conventions import InputConvention
-from flax_squeezenet.layers import Convolution, Layer
-from flax_squeezenet.models import SqueezeNet
-from flax_squeezenet.ops import max_pool_3x3_ceil, pooled_size
-from flax_squeezenet.preprocess import CROP_SIZE
+from flax_squeezenet.deploy import onnx_int8
+from flax_squeezenet.storage import files
+from flax_squeezenet.weights.conventions import InputConvention
+from flax_squeezenet.weights.preprocess import CROP_SIZE
+from flax_squeezenet.zoo.layers import Convolution, Layer
+from flax_squeezenet.zoo.models import SqueezeNet
+from flax_squeezenet.zoo.ops import max_pool_3x3_ceil, pooled_size
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
@@ -162,7 +163,7 @@ class CalibrationStatistics:
 
 
 def calibration_statistics(
-    module: SqueezeNet, variables: Mapping[str, Any], images_nhwc: np.ndarray, batch: int = quantize.CALIBRATION_BATCH
+    module: SqueezeNet, variables: Mapping[str, Any], images_nhwc: np.ndarray, batch: int = onnx_int8.CALIBRATION_BATCH
 ) -> CalibrationStatistics:
     """The statistics of the float model on `images_nhwc` that the int8 writer quantizes with.
 
@@ -511,20 +512,20 @@ def save_tflite_from_folder(
     *,
     preprocessing: InputConvention | None = None,
     batch: int | None = None,
-) -> quantize.Agreement:
+) -> onnx_int8.Agreement:
     """Write the int8 LiteRT export calibrated on the images in `folder`; compare it on the held-back ones.
 
     The folder is split as the int8 ONNX export splits it, and its images are prepared by
-    `preprocessing`, the weights' own input convention (`quantize.calibration_images`: ImageNet's
+    `preprocessing`, the weights' own input convention (`onnx_int8.calibration_images`: ImageNet's
     by default for 3 channels); the returned `Agreement` compares the written file, in the LiteRT
     interpreter, with the Flax model on the held-back images.
     """
     require_litert()
-    calibration_files, held_back_files = quantize.split_held_back(
-        quantize.image_files(folder), quantize.HELD_BACK, quantize.MAX_IMAGES
+    calibration_files, held_back_files = onnx_int8.split_held_back(
+        onnx_int8.image_files(folder), onnx_int8.HELD_BACK, onnx_int8.MAX_IMAGES
     )
-    calibration = quantize.calibration_images(calibration_files, module.in_channels, preprocessing)
-    held_back = quantize.calibration_images(held_back_files, module.in_channels, preprocessing)
+    calibration = onnx_int8.calibration_images(calibration_files, module.in_channels, preprocessing)
+    held_back = onnx_int8.calibration_images(held_back_files, module.in_channels, preprocessing)
     written = save_tflite(module, variables, path, int8=True, calibration=calibration,
                           image_size=calibration.shape[1], batch=batch, preprocessing=preprocessing)  # fmt: skip
-    return quantize.agreement(quantize.flax_logits(module, variables, held_back), run_tflite(written, held_back))
+    return onnx_int8.agreement(onnx_int8.flax_logits(module, variables, held_back), run_tflite(written, held_back))

@@ -17,8 +17,8 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
-from flax_squeezenet.ops import pooled_size
-from flax_squeezenet.stages import ConvStage, FireStage, PoolStage, Stage
+from flax_squeezenet.zoo.ops import pooled_size
+from flax_squeezenet.zoo.stages import ConvStage, FireStage, PoolStage, Stage
 
 Bypass = Literal["none", "simple", "complex"]
 LayerKind = Literal["conv", "fire", "max_pool", "classifier"]

@@ -11,7 +11,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 
-from flax_squeezenet import files
+from flax_squeezenet.storage import files
 
 CACHE_ENV = "FLAX_SQUEEZENET_CACHE"
 TIMEOUT_S = 30

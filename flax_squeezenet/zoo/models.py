@@ -1,7 +1,7 @@
 """SqueezeNet (Iandola et al., 2016) as Flax linen modules, NHWC.
 
-Every variant is one `SqueezeNet` module over a stage description (`flax_squeezenet.stages`),
-walked as its layer plan (`flax_squeezenet.layers.layer_plan`), so torchvision's v1.0 and v1.1,
+Every variant is one `SqueezeNet` module over a stage description (`flax_squeezenet.zoo.stages`),
+walked as its layer plan (`flax_squeezenet.zoo.layers.layer_plan`), so torchvision's v1.0 and v1.1,
 the paper's bypass variants and its metaparameter family all share one code path. Parameter names
 follow the paper: `conv1`, `fire2` ... `fire9`, `classifier` (the paper's conv10).
 """
@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
+import flax.traverse_util
 import jax
 import jax.numpy as jnp
 
-from flax_squeezenet import layers, ops
-from flax_squeezenet.layers import Bypass, Convolution, Layer, Output, StageFeature
-from flax_squeezenet.stages import V1_0, V1_1, FireStage, Stage, metaparameter_stages
+from flax_squeezenet.zoo import layers, ops
+from flax_squeezenet.zoo.layers import Bypass, Convolution, Layer, Output, StageFeature
+from flax_squeezenet.zoo.stages import V1_0, V1_1, FireStage, Stage, metaparameter_stages
 
 Dtype = Any
 
@@ -85,7 +87,7 @@ class SqueezeNet(nn.Module):
 
     @property
     def plan(self) -> tuple[Layer, ...]:
-        """The layers this module computes, in order (see `flax_squeezenet.layers.layer_plan`)."""
+        """The layers this module computes, in order (see `flax_squeezenet.zoo.layers.layer_plan`)."""
         return layers.layer_plan(self.stages, self.in_channels, self.num_classes, self.bypass, self.classifier_padding)
 
     @property
@@ -188,3 +190,35 @@ def create_model(name: str, **kwargs: Any) -> SqueezeNet:
 def count_params(variables: Any) -> int:
     """The number of scalar parameters in a variables or params tree."""
     return sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(variables))
+
+
+_NAME_ORDER = {"conv1": 0, "squeeze": 0, "expand1x1": 1, "expand3x3": 2, "kernel": 0, "bias": 1, "classifier": 1000}
+
+
+def _network_order(path: tuple[str, ...]) -> tuple[tuple[int, int], ...]:
+    """Sort key putting parameter paths in the order the network uses them (fire10 after fire9)."""
+
+    def rank(name: str) -> tuple[int, int]:
+        fire = re.fullmatch(r"fire(\d+)(_bypass)?", name)
+        if fire:
+            return int(fire[1]), 1 if fire[2] else 0
+        return _NAME_ORDER.get(name, 2000), 0
+
+    return tuple(rank(name) for name in path)
+
+
+def check_param_shapes(expected: Any, loaded: Any, model_name: str) -> None:
+    """Raise ValueError naming the first parameter (in network order) that is missing or misfits."""
+    expected_flat = flax.traverse_util.flatten_dict(expected)
+    loaded_flat = flax.traverse_util.flatten_dict(loaded)
+    for path in sorted(expected_flat.keys() | loaded_flat.keys(), key=_network_order):
+        name = "/".join(path)
+        if path not in loaded_flat:
+            raise ValueError(f"parameter {name} is missing from the checkpoint ({model_name} has it)")
+        if path not in expected_flat:
+            raise ValueError(f"parameter {name} is in the checkpoint but not in {model_name}")
+        if tuple(loaded_flat[path].shape) != tuple(expected_flat[path].shape):
+            raise ValueError(
+                f"parameter {name} has shape {tuple(loaded_flat[path].shape)} in the checkpoint, "
+                f"but {model_name} expects {tuple(expected_flat[path].shape)}"
+            )

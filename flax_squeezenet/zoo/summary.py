@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from flax_squeezenet import layers, models
-from flax_squeezenet import nnx as fsq_nnx
+from flax_squeezenet.zoo import layers, models
+from flax_squeezenet.zoo import nnx as fsq_nnx
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,7 +28,7 @@ from flax_squeezenet.compression.adaptive import (
     round_layer_by_layer,
     rows_to_kernel,
 )
-from flax_squeezenet.rounding import round_to_int8
+from flax_squeezenet.compression.rounding import round_to_int8
 
 UINT8_MAX = 255
 

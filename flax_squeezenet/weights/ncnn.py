@@ -16,7 +16,7 @@ import pathlib
 
 import numpy as np
 
-from flax_squeezenet.convert import Params, from_conv_sequence, torchvision_model
+from flax_squeezenet.weights.convert import Params, from_conv_sequence, torchvision_model
 
 PARAM_MAGIC = "7767517"
 FP16_TAG = 0x01306B47

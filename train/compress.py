@@ -1,15 +1,17 @@
-"""Deep Compression with retraining, through the training program (`train/`, run from the checkout):
-prune -> retrain (a run in WORKDIR/prune) -> share -> fine-tune the shared values (a run in
-WORKDIR/share) -> the `CompressedModel` to encode.
+"""`python -m train.compress WEIGHTS --output FILE --workdir DIR --config PRESET [--config.key=value ...]`:
+Deep Compression with retraining: prune -> retrain (a run in DIR/prune) -> share -> fine-tune the
+shared values (a run in DIR/share) -> the `.sqz` (or `.net`) file, printing each stage's eval top-1
+and size.
 
-Each stage is a `python -m train` run in its own workdir, so running the pipeline again on the same
-workdir resumes the stage it stopped in and reuses the finished ones.
+Each stage is a `python -m train` run in its own workdir on the data of the training config, so
+running the same command again resumes the stage it stopped in and reuses the finished ones. It takes
+`squeezenet-compress`'s pruning, sharing and format arguments; errors print one line and exit 1.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
-import importlib.util
 import json
 import os
 import pathlib
@@ -17,11 +19,23 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from flax_squeezenet import files, pretrained
-from flax_squeezenet.compression import sensitivity
-from flax_squeezenet.compression.api import compress
-from flax_squeezenet.compression.compressed import CompressedModel
+import ml_collections
+from absl import flags
+from ml_collections import config_flags
 
+from flax_squeezenet.cli import compress as compress_cli
+from flax_squeezenet.compression import sensitivity
+from flax_squeezenet.compression.api import compress, encoded_size, save_compressed
+from flax_squeezenet.compression.pruning import kernel_density
+from flax_squeezenet.storage import files
+from flax_squeezenet.storage.download import DownloadError
+from flax_squeezenet.weights import pretrained
+from flax_squeezenet.weights.compressed import CompressedModel
+from flax_squeezenet.zoo.models import count_params
+from train import configs, evaluate, input_pipeline, run, trainer
+from train.signals import TrainingInterrupted
+
+PROG = "python -m train.compress"
 PRUNE_STAGE = "prune"
 SHARE_STAGE = "share"
 SENSITIVITY_IMAGES = 1024
@@ -54,37 +68,10 @@ class StageResult:
     top1: float
 
 
-def _checkout_on_path() -> None:
-    """Put the current directory on the Python path when it is a checkout whose `train/` is not
-    importable otherwise, as `python -m` does: the `squeezenet-compress` script's path holds only
-    its own folder (tests/test_compression_retrain.py::test_the_console_script_finds_the_checkouts_training_program)."""
-    if importlib.util.find_spec("train") is None and (pathlib.Path.cwd() / "train" / "trainer.py").is_file():
-        sys.path.insert(0, os.getcwd())
-
-
-def _training_program():
-    _checkout_on_path()
-    try:
-        import ml_collections
-        from train import evaluate, run, trainer
-    except ImportError as error:
-        raise ImportError(
-            "retraining needs the training program: run squeezenet-compress from the root of a "
-            f"flax-squeezenet checkout (train/ on the Python path), [train] extra installed ({error})"
-        ) from None
-    return ml_collections, run, trainer, evaluate
-
-
 def training_config(preset: str, overrides: Sequence[str] = ()) -> Any:
     """The config `python -m train --config PRESET OVERRIDES...` runs (`--config.key=value` each);
     ValueError naming an unknown key or a bad value."""
-    _training_program()
-    from absl import flags
-    from ml_collections import config_flags
-
-    from train import configs
-
-    argv = ["squeezenet-compress", f"--config={configs.config_file(preset)}", *overrides]
+    argv = [PROG, f"--config={configs.config_file(preset)}", *overrides]
     values = flags.FlagValues()
     config_flags.DEFINE_config_file("config", None, "training config", flag_values=values, sys_argv=argv)
     try:
@@ -106,7 +93,6 @@ def pipeline_stages(
     `sensitivity_plan`, sets layers that `config.prune_layer_densities` does not), then the
     weight-sharing run from the previous model with `share_bits=bits` and `share_layer_bits=layer_bits`.
     Each run saves its model in its own workdir. `config` is not modified."""
-    ml_collections = _training_program()[0]
     root = pathlib.Path(workdir)
     stages = []
     source = str(weights)
@@ -131,8 +117,6 @@ def sensitivity_plan(config: Any, weights: str | os.PathLike, density: float, nu
                      progress: bool = False) -> dict[str, float]:  # fmt: skip
     """`sensitivity.sensitivity_densities` of `weights` at `density` overall, measured on
     `num_images` of `config`'s train images (the data the pipeline retrains on)."""
-    from train import input_pipeline
-
     module, variables = pretrained.load_pretrained(weights)
     data = input_pipeline.open_data(config)
     images = input_pipeline.sample_train_images(data, min(num_images, data.info.num_train_examples))
@@ -162,9 +146,6 @@ def recorded_sensitivity_plan(workdir: str | os.PathLike, config: Any, weights: 
 def run_stage(stage: Stage) -> StageResult:
     """Train `stage` (resuming its workdir's checkpoints; a finished run is only evaluated).
     PipelineInterrupted when a signal stops the training."""
-    _, run, trainer, evaluate = _training_program()
-    from train.signals import TrainingInterrupted
-
     try:
         result = trainer.train_and_evaluate(run.build_run(stage.config, stage.workdir))
     except TrainingInterrupted as interrupted:
@@ -195,3 +176,64 @@ def compress_with_retraining(
     results = [run_stage(stage) for stage in stages]
     compressed = compress(results[-1].model, bits=bits, layer_bits=layer_bits, input_convention=input_convention)
     return compressed, results
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="Deep Compression with retraining: prune -> retrain -> "
+                                     "share -> fine-tune the shared values, as python -m train runs.")  # fmt: skip
+    compress_cli.add_compression_arguments(parser)
+    parser.add_argument("--workdir", required=True, metavar="DIR",
+                        help="the stages' runs go to DIR/prune and DIR/share (run again to resume)")  # fmt: skip
+    parser.add_argument("--config", required=True, metavar="PRESET", help="a training preset or config .py file, "
+                        "with --config.key=value overrides as python -m train takes them")  # fmt: skip
+    return parser
+
+
+def compress_and_report(args: argparse.Namespace, overrides: Sequence[str]) -> str:
+    """Run the pipeline the command line describes, write the file; the summary to print."""
+    compress_cli.check_compression_arguments(args)
+    config = training_config(args.config, overrides)
+    folder = pathlib.Path(args.output).resolve().parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write --output {args.output}: {folder} is not a writable directory")
+    compress_cli.check_format_holds(pretrained.load_pretrained(args.weights)[0], args.format)
+    convention = "caffe_bgr" if args.format == "net" else None
+    density, plan = args.density, None
+    if args.density_plan == "sensitivity":
+        density, plan = 1.0, recorded_sensitivity_plan(args.workdir, config, args.weights, args.density, progress=True)
+    compressed, stages = compress_with_retraining(args.weights, args.workdir, config, bits=args.bits, density=density,
+                                                  layer_densities=plan, input_convention=convention)  # fmt: skip
+    path = save_compressed(compressed, args.output, format=args.format)
+    float_bytes = 4 * count_params(compressed.params())
+    lines = [f"{args.weights}: {float_bytes:,} bytes as float32"]
+    if plan is not None:
+        lines.append(compress_cli.describe_plan(plan))
+    for stage in stages:
+        params = pretrained.load_pretrained(stage.model)[1]["params"]
+        shared_size = encoded_size(compress(stage.model, bits=args.bits, input_convention=convention), args.format)
+        lines.append(f"{stage.name}: {stage.model}: eval top-1 {stage.top1:.4f}, {kernel_density(params):.1%} of "
+                     f"conv weights kept, {shared_size:,} bytes {args.bits}-bit shared")  # fmt: skip
+    size = path.stat().st_size
+    lines.append(f"wrote {path}: {size:,} bytes ({float_bytes / size:.1f}x smaller than float32's {float_bytes:,})")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args, overrides = parser.parse_known_args(argv)
+    unknown = [arg for arg in overrides if not arg.startswith("--config.")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    try:
+        print(compress_and_report(args, overrides))
+    except PipelineInterrupted as interrupted:
+        print(f"{PROG}: {interrupted}", file=sys.stderr)
+        return 128 + interrupted.signum
+    except (OSError, ValueError, ImportError, DownloadError) as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
