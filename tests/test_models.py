@@ -188,7 +188,7 @@ def test_every_parameter_is_a_convolution_of_the_plan(name):
         "/".join(key.key for key in path[:-1]): leaf.shape
         for path, leaf in jax.tree_util.tree_leaves_with_path(params) if path[-1].key == "kernel"
     }  # fmt: skip
-    planned = {conv.name: conv.shape for conv in fsq.layers.convolutions(model.plan)}
+    planned = {conv.name: conv.shape for conv in fsq.zoo.layers.convolutions(model.plan)}
     assert kernels == {name: (kh, kw, i, o) for name, (o, i, kh, kw) in planned.items()}
 
 

@@ -157,7 +157,7 @@ def test_padded_classifier_round_trips_and_changes_the_logits():
 
 def test_submodules_are_the_layer_plan():
     model = nnx.eval_shape(lambda: fsq_nnx.squeezenet1_0(bypass="complex", classifier_padding=2, rngs=nnx.Rngs(0)))
-    for conv in fsq.layers.convolutions(model.plan):
+    for conv in fsq.zoo.layers.convolutions(model.plan):
         module = functools.reduce(getattr, conv.path, model)
         assert (module.in_features, module.out_features) == (conv.in_channels, conv.out_channels), conv.name
         assert (module.kernel_size, module.strides) == ((conv.kernel,) * 2, (conv.stride,) * 2), conv.name
@@ -172,7 +172,7 @@ def test_submodules_are_the_layer_plan():
     (fsq.squeezenet1_1(), ("fire3",), {"fire5"}),
 ])  # fmt: skip
 def test_fire_layers_pool_their_branches_only_without_shortcut_or_kept_output(module, kept, expected):
-    assert fsq.layers.self_pooling_fires(module.plan, kept) == expected
+    assert fsq.zoo.layers.self_pooling_fires(module.plan, kept) == expected
 
 
 def test_bad_options_are_refused_as_in_linen():

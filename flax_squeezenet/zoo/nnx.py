@@ -86,10 +86,11 @@ def apply_layer(layer: Layer, modules: Sequence[nnx.Module], x: jax.Array, pool_
 class SqueezeNet(nnx.Module):
     """SqueezeNet over a stage description, with the linen `SqueezeNet`'s options and names.
 
+    `num_classes`, `dropout_rate`, `in_channels`, `bypass`, `classifier_padding`, `dtype` and
+    `param_dtype` are the linen module's options.
+
     Args:
       stages: the layers before the classifier (`V1_0`, `V1_1`, `models.metaparameter_stages(...)`).
-      num_classes, dropout_rate, in_channels, bypass, classifier_padding, dtype, param_dtype: as in
-        the linen module.
       rngs: initialises the parameters and drives dropout (stream "dropout", else "default").
 
     Raises:
