@@ -507,12 +507,13 @@ def save_tflite_from_folder(
     module: SqueezeNet,
     variables: Mapping[str, Any],
     path: str | os.PathLike,
-    folder: str | os.PathLike,
+    folder: str | os.PathLike | Sequence[str | os.PathLike],
     *,
     preprocessing: InputConvention | None = None,
     batch: int | None = None,
 ) -> quantize.Agreement:
-    """Write the int8 LiteRT export calibrated on the images in `folder`; compare it on the held-back ones.
+    """Write the int8 LiteRT export calibrated on the images in `folder` (or the image files listed);
+    compare it on the held-back ones.
 
     The folder is split as the int8 ONNX export splits it, and its images are prepared by
     `preprocessing`, the weights' own input convention (`quantize.calibration_images`: ImageNet's
@@ -521,7 +522,8 @@ def save_tflite_from_folder(
     """
     require_litert()
     calibration_files, held_back_files = quantize.split_held_back(
-        quantize.image_files(folder), quantize.HELD_BACK, quantize.MAX_IMAGES
+        quantize.image_files(folder) if isinstance(folder, (str, os.PathLike)) else list(folder),
+        quantize.HELD_BACK, quantize.MAX_IMAGES,
     )
     calibration = quantize.calibration_images(calibration_files, module.in_channels, preprocessing)
     held_back = quantize.calibration_images(held_back_files, module.in_channels, preprocessing)

@@ -40,7 +40,7 @@ def test_calibration_folder_errors_keep_the_existing_file(tmp_path, capsys, form
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--int8"], "--int8 and --calibration IMAGES go together"),
+        (["--int8"], "--int8 needs --calibration IMAGES"),
         (["--input-shape", "1x1x32x32"], "expected an input shape Nx3xHxW"),
         (["--input-shape", "1x3x8x8"], "height and width must be at least 17"),
     ],

@@ -12,6 +12,7 @@ from flax_squeezenet import files, quantize, tflite
 from flax_squeezenet.conventions import IMAGENET, InputConvention
 from flax_squeezenet.export import save_onnx
 from flax_squeezenet.preprocess import CROP_SIZE, RESIZE_SIZE
+from flax_squeezenet.pretrained import training_image_files
 from flax_squeezenet.rounding import WEIGHT_ROUNDINGS
 
 
@@ -20,11 +21,13 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("int8 and fixed shapes")
     group.add_argument(
         "--int8", action="store_true",
-        help="static int8 quantization (ONNX: QDQ; tflite: full-integer, int8 input and output); needs --calibration",
+        help="static int8 quantization (ONNX: QDQ; tflite: full-integer, int8 input and output); calibrated on "
+        "--calibration, or on the training photos the --weights directory records (python -m train saves them)",
     )  # fmt: skip
     group.add_argument(
         "--calibration", metavar="IMAGES",
-        help="folder of images to calibrate --int8 on (a quarter is held back to check the result)",
+        help="folder of images to calibrate --int8 on (a quarter is held back to check the result; default: the "
+        "weights' own training photos where recorded)",
     )  # fmt: skip
     group.add_argument(
         "--input-shape", type=parse_input_shape, metavar="NxCxHxW",
@@ -32,8 +35,9 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         "(tflite: NHWC at --image-size, batch 1 that the interpreter may resize)",
     )  # fmt: skip
     group.add_argument(
-        "--weight-rounding", choices=WEIGHT_ROUNDINGS, default="nearest",
-        help="int8 ONNX weights: round to nearest (default) or AdaRound to each layer's float output (slower)",
+        "--weight-rounding", choices=WEIGHT_ROUNDINGS, default=None,
+        help="int8 ONNX weights: AdaRound to each layer's float output on the calibration photos (the default: "
+        "closer to float32, see BENCHMARKS.md) or round to nearest (faster to write)",
     )  # fmt: skip
     group.add_argument("--mean", type=float, nargs="+", help="calibration normalisation (default: the weights' own)")
     group.add_argument("--std", type=float, nargs="+", help="calibration normalisation (default: the weights' own)")
@@ -50,10 +54,25 @@ def parse_input_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
+DEFAULT_WEIGHT_ROUNDING = "adaround"  # costs 0.3 point of ImageNet top-1 where "nearest" costs 0.9 (issue #28)
+
+
+def calibration_files(args: argparse.Namespace) -> list:
+    """The images to calibrate --int8 on: --calibration's, else the training photos the --weights
+    directory records (`pretrained.training_image_files`); ValueError when there are neither."""
+    if args.calibration is not None:
+        return quantize.image_files(args.calibration)
+    recorded = training_image_files(args.weights) if args.weights else None
+    if not recorded:
+        raise ValueError("--int8 needs --calibration IMAGES: these weights record no training photos "
+                         "(a model saved by python -m train from an image folder does)")  # fmt: skip
+    return recorded
+
+
 def check_options(args: argparse.Namespace, module) -> None:
     """Raise ValueError if the device options contradict each other or the model."""
-    if args.int8 != (args.calibration is not None):
-        raise ValueError("--int8 and --calibration IMAGES go together")
+    if args.calibration is not None and not args.int8:
+        raise ValueError("--calibration IMAGES calibrates --int8: add --int8")
     if args.input_shape is not None and min(args.input_shape[2:]) < module.min_input_size:
         raise ValueError(f"--input-shape: height and width must be at least {module.min_input_size}")
 
@@ -87,12 +106,12 @@ def export(args: argparse.Namespace, module, variables, convention: InputConvent
     convention = calibration_convention(args, module, convention)
     if args.int8:
         calibration, held_back_files = quantize.split_held_back(
-            quantize.image_files(args.calibration), quantize.HELD_BACK, quantize.MAX_IMAGES
+            calibration_files(args), quantize.HELD_BACK, quantize.MAX_IMAGES
         )
         held_back = quantize.calibration_images(held_back_files, module.in_channels, convention)
         path = save_onnx(
             module, variables, args.output, preprocessing=convention, int8=True,
-            calibration=calibration, input_shape=args.input_shape, weight_rounding=args.weight_rounding,
+            calibration=calibration, input_shape=args.input_shape, weight_rounding=args.weight_rounding or DEFAULT_WEIGHT_ROUNDING,
         )  # fmt: skip
         result = quantize.agreement(
             quantize.flax_logits(module, variables, held_back), quantize.run_onnx(path, held_back)
@@ -128,7 +147,7 @@ def export_tflite(args: argparse.Namespace, module, variables, convention: Input
         if height != width:
             raise ValueError(f"expected a square --input-shape for --int8 (H = W), got {height}x{width}")
         result = tflite.save_tflite_from_folder(
-            module, variables, args.output, args.calibration, preprocessing=convention, batch=batch
+            module, variables, args.output, calibration_files(args), preprocessing=convention, batch=batch
         )
         return (
             f"wrote int8 {files.user_path(args.output)} (input {shape}); vs Flax on {result.images} held-back "
