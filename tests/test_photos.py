@@ -3,6 +3,8 @@ on the run's own training photos (tiny folders made here; the accuracy runs are 
 
 import json
 import logging
+import pathlib
+import zipfile
 
 import numpy as np
 import pytest
@@ -12,7 +14,7 @@ from train_helpers import train_in_process
 from flax_squeezenet import pretrained
 from flax_squeezenet.cli import export as export_cli
 from flax_squeezenet.quantize import HELD_BACK
-from train import configs, evaluate, input_pipeline, run
+from train import configs, evaluate, input_pipeline, photos as photos_api, run
 from train.data import photo_split, sources
 
 CLASSES = ("cat", "dog", "owl")
@@ -134,3 +136,13 @@ def test_tflite_int8_without_calibration_uses_the_training_photos(trained, tmp_p
     assert export_cli.main(["--weights", result["model"], "--format", "tflite", "--int8", "--output", str(output)]) == 0
     assert f"on {round(train_photos * HELD_BACK)} held-back images" in capsys.readouterr().out
     assert output.stat().st_size > 0
+
+
+@pytest.mark.parametrize("inside", ["", "my-photos/"])
+def test_a_zip_of_the_class_folders_or_of_their_folder_unzips_to_the_photos(tmp_path, inside):
+    archive = tmp_path / "upload.zip"
+    with zipfile.ZipFile(archive, "w") as opened:
+        for name in ("cat/1.jpg", "dog/2.jpg"):
+            opened.writestr(inside + name, b"")
+    folder = photos_api.unzip(archive)
+    assert sorted(p.name for p in pathlib.Path(folder).iterdir()) == ["cat", "dog"]

@@ -16,6 +16,8 @@ import contextlib
 import dataclasses
 import io
 import os
+import pathlib
+import zipfile
 from typing import Any
 
 from flax_squeezenet.cli import export as export_cli
@@ -48,6 +50,19 @@ def fine_tune(photos: str | os.PathLike, workdir: str | os.PathLike, **overrides
     report = result["report"]
     return FineTuned(model=result["model"], top1=report["top1"], held_out=report["count"], report=report,
                      split=os.path.join(os.fspath(workdir), SPLIT_JSON))  # fmt: skip
+
+
+def unzip(archive: str | os.PathLike) -> str:
+    """Extract a .zip of class folders next to it; the photos folder: the extracted one, or the
+    single folder it holds when that holds only folders (a zip of `PHOTOS/` itself)."""
+    target = pathlib.Path(archive).with_suffix("")
+    with zipfile.ZipFile(archive) as opened:
+        opened.extractall(target)
+    visible = [p for p in target.iterdir() if not p.name.startswith((".", "__MACOSX"))]
+    if len(visible) == 1 and visible[0].is_dir() and all(p.is_dir() for p in visible[0].iterdir()
+                                                         if not p.name.startswith(".")):  # fmt: skip
+        return str(visible[0])
+    return str(target)
 
 
 def export(model: str | os.PathLike, output: str | os.PathLike, *, int8: bool = False, format: str = "tflite",
