@@ -37,6 +37,7 @@ from flax_squeezenet.layers import Convolution, Layer
 from flax_squeezenet.models import SqueezeNet
 from flax_squeezenet.ops import max_pool_3x3_ceil, pooled_size
 from flax_squeezenet.preprocess import CROP_SIZE
+from flax_squeezenet.rounding import WEIGHT_ROUNDINGS
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
@@ -511,9 +512,12 @@ def save_tflite_from_folder(
     *,
     preprocessing: InputConvention | None = None,
     batch: int | None = None,
+    weight_rounding: str = "nearest",
 ) -> quantize.Agreement:
     """Write the int8 LiteRT export calibrated on the images in `folder` (or the image files listed);
-    compare it on the held-back ones.
+    compare it on the held-back ones. `weight_rounding` "adaround" first rounds the kernels to the
+    same per-channel int8 grid by `int8_rounding.adaround_int8` on the calibration images (the
+    writer then keeps those integers); "nearest" leaves the rounding to the writer.
 
     The folder is split as the int8 ONNX export splits it, and its images are prepared by
     `preprocessing`, the weights' own input convention (`quantize.calibration_images`: ImageNet's
@@ -525,8 +529,15 @@ def save_tflite_from_folder(
         quantize.image_files(folder) if isinstance(folder, (str, os.PathLike)) else list(folder),
         quantize.HELD_BACK, quantize.MAX_IMAGES,
     )
+    if weight_rounding not in WEIGHT_ROUNDINGS:
+        raise ValueError(f"expected weight_rounding one of {', '.join(WEIGHT_ROUNDINGS)}, got {weight_rounding!r}")
     calibration = quantize.calibration_images(calibration_files, module.in_channels, preprocessing)
     held_back = quantize.calibration_images(held_back_files, module.in_channels, preprocessing)
-    written = save_tflite(module, variables, path, int8=True, calibration=calibration,
+    rounded = variables
+    if weight_rounding == "adaround":
+        from flax_squeezenet import int8_rounding  # noqa: PLC0415  (imported when used, as save_onnx does)
+
+        rounded = int8_rounding.adaround_int8(module, variables, calibration)
+    written = save_tflite(module, rounded, path, int8=True, calibration=calibration,
                           image_size=calibration.shape[1], batch=batch, preprocessing=preprocessing)  # fmt: skip
     return quantize.agreement(quantize.flax_logits(module, variables, held_back), run_tflite(written, held_back))

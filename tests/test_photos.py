@@ -6,6 +6,7 @@ import logging
 import pathlib
 import zipfile
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -14,8 +15,8 @@ from train_helpers import train_in_process
 from flax_squeezenet import pretrained
 from flax_squeezenet.cli import export as export_cli
 from flax_squeezenet.quantize import HELD_BACK
-from train import configs, evaluate, input_pipeline, photos as photos_api, run
-from train.data import photo_split, sources
+from train import configs, evaluate, input_pipeline, linear_probe, photos as photos_api, run
+from train.data import photo_split, sources, transforms
 
 CLASSES = ("cat", "dog", "owl")
 
@@ -61,7 +62,8 @@ def photos_config(photos, **overrides):
 
 def input_pipeline_config(**overrides):
     config = configs.get_preset("finetune")
-    config.update({"image_size": 20, "batch_size": 4, "eval_batch_size": 4, "init_from": None, **overrides})
+    config.update({"image_size": 20, "batch_size": 4, "eval_batch_size": 4, "init_from": None,
+                   "classifier_init": "random", **overrides})  # fmt: skip
     return config
 
 
@@ -133,7 +135,8 @@ def test_tflite_int8_without_calibration_uses_the_training_photos(trained, tmp_p
     _, _, result, _ = trained
     train_photos = len(pretrained.training_image_files(result["model"]))
     output = tmp_path / "model_int8.tflite"
-    assert export_cli.main(["--weights", result["model"], "--format", "tflite", "--int8", "--output", str(output)]) == 0
+    argv = ["--weights", result["model"], "--format", "tflite", "--int8", "--weight-rounding", "nearest"]
+    assert export_cli.main([*argv, "--output", str(output)]) == 0  # nearest: AdaRound's fit costs CI minutes
     assert f"on {round(train_photos * HELD_BACK)} held-back images" in capsys.readouterr().out
     assert output.stat().st_size > 0
 
@@ -146,3 +149,20 @@ def test_a_zip_of_the_class_folders_or_of_their_folder_unzips_to_the_photos(tmp_
             opened.writestr(inside + name, b"")
     folder = photos_api.unzip(archive)
     assert sorted(p.name for p in pathlib.Path(folder).iterdir()) == ["cat", "dog"]
+
+
+def test_a_linear_probe_classifier_passes_the_relu_and_equals_the_regression_on_pooled_features(tmp_path):
+    photos = write_photos(tmp_path / "photos", per_class=6)
+    built = run.build_run(photos_config(photos, augment="none"), tmp_path / "run")
+    params = jax.device_get(run.initial_state(built).params)
+    probed = linear_probe.probe_classifier(built, params)
+    maps, labels = linear_probe.train_feature_maps(built, params)
+    pooled = maps.mean(axis=(1, 2))
+    kernel = np.asarray(probed["classifier"]["kernel"]).reshape(pooled.shape[1], -1)
+    expected = pooled @ kernel + np.asarray(probed["classifier"]["bias"])
+    order = np.random.default_rng(built.config.seed).permutation(len(labels))  # train_feature_maps' choice
+    prepare = transforms.EvalTransform(built.data.settings.preprocessing)
+    images = np.stack([prepare.map(built.data.dataset.train[int(i)])["image"] for i in order])
+    logits = np.asarray(built.model.apply({"params": probed}, images))
+    np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-3 * np.abs(expected).max())
+    assert np.mean(logits.argmax(-1) == np.asarray(built.data.dataset.train.labels)[order]) > 0.9

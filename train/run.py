@@ -22,7 +22,7 @@ import optax
 from jax.sharding import Mesh
 
 import flax_squeezenet
-from train import checkpoints, input_pipeline, optim, parallel, workdir as workdir_lib
+from train import checkpoints, input_pipeline, linear_probe, optim, parallel, workdir as workdir_lib
 from train.configs import validation
 from train.data import photo_split as photo_split_lib
 from train.state import TrainState, create_train_state, model_kwargs
@@ -148,8 +148,15 @@ def pretrained_params(run: Run) -> Any:
 
 
 def initial_state(run: Run) -> TrainState:
-    """The step-0 state replicated over the mesh: `init_from`'s weights if set, else the model's init."""
+    """The step-0 state replicated over the mesh: `init_from`'s weights if set (with config key
+    `classifier_init` "linear_probe", its classifier fitted by `linear_probe.probe_classifier`), else
+    the model's init."""
     params = pretrained_params(run) if run.config.init_from else None
+    if run.config.classifier_init == "linear_probe":
+        if params is None:
+            raise ValueError("config key classifier_init 'linear_probe' fits the classifier on pretrained features: "
+                             "set init_from")  # fmt: skip
+        params = linear_probe.probe_classifier(run, params)
     state = create_train_state(run.model, run.optimizer, run.data.info.image_shape, run.config.seed, params)
     return parallel.replicate(state, run.mesh)
 

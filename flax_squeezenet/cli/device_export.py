@@ -36,8 +36,8 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     group.add_argument(
         "--weight-rounding", choices=WEIGHT_ROUNDINGS, default=None,
-        help="int8 ONNX weights: AdaRound to each layer's float output on the calibration photos (the default: "
-        "closer to float32, see BENCHMARKS.md) or round to nearest (faster to write)",
+        help="int8 weights (ONNX and tflite): AdaRound to each layer's float output on the calibration photos "
+        "(the default: closer to float32, see BENCHMARKS.md) or round to nearest (faster to write)",
     )  # fmt: skip
     group.add_argument("--mean", type=float, nargs="+", help="calibration normalisation (default: the weights' own)")
     group.add_argument("--std", type=float, nargs="+", help="calibration normalisation (default: the weights' own)")
@@ -147,7 +147,8 @@ def export_tflite(args: argparse.Namespace, module, variables, convention: Input
         if height != width:
             raise ValueError(f"expected a square --input-shape for --int8 (H = W), got {height}x{width}")
         result = tflite.save_tflite_from_folder(
-            module, variables, args.output, calibration_files(args), preprocessing=convention, batch=batch
+            module, variables, args.output, calibration_files(args), preprocessing=convention, batch=batch,
+            weight_rounding=args.weight_rounding or DEFAULT_WEIGHT_ROUNDING,
         )
         return (
             f"wrote int8 {files.user_path(args.output)} (input {shape}); vs Flax on {result.images} held-back "

@@ -73,6 +73,7 @@ def get_config() -> ml_collections.ConfigDict:
     # steps only the classifier learns; after, every other layer at backbone_lr_factor x the rate.
     config.classifier_only_fraction = 0.0
     config.backbone_lr_factor = 1.0
+    config.classifier_init = "random"  # or "linear_probe": fitted on the frozen features first (train.linear_probe)
 
     # Pruning (flax_squeezenet.compression.pruning): magnitude pruning with retraining, reached along
     # Zhu & Gupta's cubic schedule; pruned weights stay exactly zero and the masks are checkpointed.

@@ -19,6 +19,7 @@ from train.configs import default
 
 DTYPES = ("float32", "bfloat16")
 SAVED_STEPS = ("last", "best")
+CLASSIFIER_INITS = ("random", "linear_probe")
 
 
 def _positive(value) -> bool:
@@ -70,6 +71,7 @@ RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "classifier_only_fraction": (_fraction, "a number in [0, 1)"),
     "backbone_lr_factor": (_non_negative, "a finite number of at least 0"),
     "num_evals": (_non_negative, "an integer of at least 0 (0: once per epoch)"),
+    "classifier_init": (lambda v: v in CLASSIFIER_INITS, "one of " + ", ".join(CLASSIFIER_INITS)),
     "saved_step": (lambda v: v in SAVED_STEPS, "one of " + ", ".join(SAVED_STEPS)),
 }
 
