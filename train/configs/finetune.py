@@ -8,8 +8,8 @@ explicit test folder replaces the split: `--config.train_folder=DIR --config.eva
 
 The recipe, for a few hundred to a few thousand photos: the classifier first, as a linear probe
 (logistic regression on the frozen ImageNet features of the training photos, train.linear_probe),
-then every layer fine-tuned by SGD with momentum at 0.001 (cosine decay; at 0.01 the probe's
-larger weights made the first steps collapse the model to chance); ImageNet's random resized
+then every layer fine-tuned by SGD with momentum at 0.003, gradients clipped to norm 1 (cosine
+decay; at 0.01 unclipped the probe's larger weights made the first steps collapse the model to chance); ImageNet's random resized
 crops and flips, and its normalisation; 128-pixel inputs; about 24,000 images seen in all
 (`images_budget`: 8 to 60 epochs, so 200 and 5,000 photos both get a run of minutes on a 2-core
 CPU). Measured (BENCHMARKS.md, "Your photos"): training the fresh classifier alone by SGD first
@@ -33,7 +33,8 @@ def get_config():
     config.min_epochs = 8.0
     config.max_epochs = 60.0
     config.optimizer = "sgd"
-    config.learning_rate = 0.001
+    config.learning_rate = 0.003
+    config.grad_clip_norm = 1.0
     config.warmup_steps = 20
     config.weight_decay = 5e-4
     config.classifier_init = "linear_probe"
