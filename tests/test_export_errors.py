@@ -39,7 +39,7 @@ def test_calibration_folder_errors_keep_the_existing_file(tmp_path, capsys, form
 @pytest.mark.parametrize(
     ("format", "args", "message", "status"),
     [
-        *((format, ["--int8"], "--int8 and --calibration IMAGES go together", 1) for format in FORMATS),
+        *((format, ["--int8"], "--int8 needs --calibration IMAGES", 1) for format in FORMATS),
         ("onnx", ["--input-shape", "1x1x32x32"], "expected an input shape Nx3xHxW (NCHW", 2),
         ("tflite", ["--input-shape", "1x32x32x1"], "expected an input shape NxHxWx3 (NHWC", 2),
         ("onnx", ["--input-shape", "1x3x8x8"], "(NCHW, the onnx layout): height and width must be at least 17", 2),

@@ -82,7 +82,7 @@ def test_cli_writes_int8_and_reports_held_back_agreement(tmp_path, capsys):
     folder = write_images(tmp_path / "images", 8)
     output = tmp_path / "out" / "m.onnx"
     code = export_cli.main([
-        "--random-init", "--num-classes", "4", "--int8", "--calibration", str(folder),
+        "--random-init", "--num-classes", "4", "--int8", "--calibration", str(folder), "--weight-rounding", "nearest",
         "--input-shape", "1x3x32x32", "--output", str(output),
     ])  # fmt: skip
     captured = capsys.readouterr()
@@ -112,7 +112,8 @@ def test_cli_one_channel_weights_need_their_normalisation(tmp_path, capsys):
     model, variables = random_model(in_channels=1, num_classes=3)
     weights = save_grey_model_as_older_versions_did(tmp_path / "export", variables, num_classes=3)
     folder = write_images(tmp_path / "images", 6, mode="L")
-    args = ["--weights", str(weights), "--int8", "--calibration", str(folder), "--image-size", "32"]
+    args = ["--weights", str(weights), "--int8", "--calibration", str(folder), "--image-size", "32",
+            "--weight-rounding", "nearest"]  # fmt: skip
     assert export_cli.main([*args, "--output", str(tmp_path / "a.onnx")]) == 1
     assert "--mean, --std" in capsys.readouterr().err
     assert export_cli.main([*args, "--mean", "0.3", "--std", "0.35", "--output", str(tmp_path / "b.onnx")]) == 0

@@ -76,7 +76,7 @@ def test_notebook_runs_and_leaves_checkpoints_curves_and_model(executed):
     assert (workdir / "model" / "metadata.json").is_file()
     assert (workdir / "curves.png").read_bytes().startswith(b"\x89PNG")
     images = [o for cell in notebook.cells for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
-    assert len(images) == 2, "expected the classified image and the curves shown inline"
+    assert len(images) == 4, "expected the classified image, the curves, the confusion matrix and the mistakes inline"
     assert "top-1" in outputs and "top-5" in outputs
 
 
@@ -90,6 +90,15 @@ def test_notebook_exports_onnx_that_agrees_with_jax(executed):
     difference = re.search(r"largest difference from JAX: (\S+)", outputs)
     assert difference, "the ONNX cell printed no comparison"
     assert float(difference[1]) < 1e-4
+
+
+@pytest.mark.slow
+def test_notebook_fine_tunes_on_a_photos_folder_and_reports(executed):
+    notebook, workdir = executed
+    outputs = "\n".join(text_of(cell) for cell in notebook.cells)
+    assert re.search(r"held-out top-1 \d+\.\d+% \(\d+ photos\)", outputs), "the photos cell printed no result"
+    run = workdir.parent / (workdir.name + "-photos")
+    assert (run / "split.json").is_file() and (run / "report" / "confusion.png").is_file()
 
 
 @pytest.mark.slow

@@ -53,6 +53,11 @@ def main(argv: list[str]) -> int:
         return 2
     summary = ", ".join(f"{k} {v:.4f}" for k, v in result["eval"].items())
     print(f"done: step {result['step']}; eval {summary}; model saved to {result['model']}")
+    report = result["report"]
+    if report is not None:
+        print(report["table"])
+        print(f"held-out top-1 {100 * report['top1']:.2f}% ({report['count']} photos) of the saved model")
+        print(f"report (per-class CSV, confusion matrix, wrong photos) in {report['directory']}")
     return 0
 
 

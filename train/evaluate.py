@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Optional
 
 import jax
+import numpy as np
 
 import flax_squeezenet
 from flax_squeezenet.compression import pruning
@@ -39,6 +40,23 @@ def evaluate(run: run_lib.Run, state: TrainState, eval_step: Callable) -> dict[s
     if run.config.prune_density is not None:
         metrics["density"] = pruning.kernel_density(state.params)
     return metrics
+
+
+def _logits(state: TrainState, batch: dict) -> jax.Array:
+    return state.apply_fn({"params": state.params}, batch["image"], train=False)
+
+
+def predict(run: run_lib.Run, state: TrainState) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, predicted classes) of every example of the run's eval split, in its order (one process)."""
+    state = state.replace(params=averaging.model_params(state))
+    logits_fn = parallel.jit_eval_step(_logits, run.mesh, flax_squeezenet.compiler_options(run.config.dtype))
+    labels, predicted = [], []
+    for batch in input_pipeline.create_eval_batches(run.data):
+        mask = np.asarray(batch["mask"])
+        logits = np.asarray(jax.device_get(logits_fn(state, parallel.make_global_batch(batch, run.mesh))))
+        labels.append(np.asarray(batch["label"])[mask])
+        predicted.append(logits.argmax(-1)[mask])
+    return np.concatenate(labels), np.concatenate(predicted)
 
 
 def evaluate_checkpoint(workdir: str, split: Optional[str] = None, step: str = "best") -> dict:

@@ -14,6 +14,12 @@ below; all resolved once, in ``open_data``; other keys are ignored):
     are read directly, without TFDS (see Sources below).
 ``train_folder`` / ``eval_folder``
     For "image_folder": folders with one subfolder of images per class (classes = sorted names).
+``photos`` / ``holdout_fraction``
+    For "image_folder": one folder with a subfolder of photos per class, split by the program into
+    train and held-out ("test") photos, ``holdout_fraction`` of each class, stably by each photo's
+    path (``train.data.photo_split``; a run writes its split to ``split.json``). Excludes
+    ``train_folder`` / ``eval_folder``. Photos are decoded with their shorter side at most
+    ``PHOTO_DECODE_SCALE * image_size`` pixels (phone photos are far larger than the model's input).
 ``cache_images``
     For "image_folder": decode every image once at start (in threads) and keep them in memory, for
     small datasets (CIFAR-10's 60,000 32x32 JPEGs take 184 MB). Epochs then skip
@@ -87,11 +93,12 @@ import numpy as np
 from absl import flags
 
 from train.configs import default
-from train.data import sources, transforms
+from train.data import photo_split, sources, transforms
 
 _DEFAULTS = default.get_config()
 
 MIN_IMAGE_SIZE = 8
+PHOTO_DECODE_SCALE = 2  # photos are decoded with their shorter side at most this times image_size
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -166,7 +173,20 @@ def _int(config, key: str, default: int | None = None, minimum: int = 1) -> int:
     return int(value)
 
 
-def _source_config(config) -> tuple[sources.SourceConfig, DatasetDefaults, int]:
+def _photo_split(config, split: photo_split.PhotoSplit | None) -> photo_split.PhotoSplit | None:
+    """`split`, or the split of config key `photos` by the hash rule; None without `photos`."""
+    photos = _value(config, "photos")
+    if photos is None:
+        return None
+    if _value(config, "dataset") != "image_folder":
+        raise ValueError(f"config key photos needs dataset 'image_folder', got {_value(config, 'dataset')!r}")
+    if _value(config, "train_folder") is not None or _value(config, "eval_folder") is not None:
+        raise ValueError("config key photos (one folder, split by the program) excludes train_folder and eval_folder "
+                         "(two folders, split by you): set one or the other")  # fmt: skip
+    return split or photo_split.make_split(photos, _value(config, "holdout_fraction"))
+
+
+def _source_config(config, split: photo_split.PhotoSplit | None = None) -> tuple[sources.SourceConfig, DatasetDefaults, int]:
     name = _value(config, "dataset")
     if not isinstance(name, str) or not name:
         raise ValueError(f"dataset must be a dataset name, got {name!r}")
@@ -188,6 +208,8 @@ def _source_config(config) -> tuple[sources.SourceConfig, DatasetDefaults, int]:
         synthetic_eval_examples=_int(config, "synthetic_eval_examples"),
         synthetic_num_classes=_int(config, "synthetic_num_classes", minimum=2),
         synthetic_image_shape=(image_size, image_size, channels or 3),
+        photo_split=_photo_split(config, split),
+        decode_short_side=PHOTO_DECODE_SCALE * image_size,
     )
     return source, defaults, image_size
 
@@ -231,9 +253,12 @@ class Data:
     info: DatasetInfo
 
 
-def open_data(config) -> Data:
-    """Resolve and check ``config``'s data keys (see the module docstring), then open the dataset once."""
-    source, defaults, image_size = _source_config(config)
+def open_data(config, split: photo_split.PhotoSplit | None = None) -> Data:
+    """Resolve and check ``config``'s data keys (see the module docstring), then open the dataset once.
+
+    With config key ``photos``, ``split`` is the split to train and evaluate on (a run's written
+    one); None: the folder's split by the hash rule (`photo_split.make_split`)."""
+    source, defaults, image_size = _source_config(config, split)
     channels = config["channels"] if "channels" in config else None
     _augment(config, defaults)
     _int(config, "batch_size")

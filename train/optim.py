@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import optax
 
 from flax_squeezenet.compression import pruning
@@ -91,8 +93,31 @@ def averaging_start(config, num_train_steps: int) -> int:
     return start
 
 
+CLASSIFIER = "classifier"  # the top-level parameter collection of the final 1x1 conv (flax_squeezenet.models)
+
+
+def train_classifier_first(classifier_only_steps: int, backbone_factor: float) -> optax.GradientTransformation:
+    """Updates of every parameter outside `CLASSIFIER` set to zero for the first `classifier_only_steps`
+    steps, then scaled by `backbone_factor` (fine-tuning: a fresh classifier first learns on the
+    pretrained features, then every layer adapts, the pretrained ones at a lower rate)."""
+
+    def init_fn(params):
+        del params
+        return optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
+
+    def update_fn(updates, state, params=None):
+        del params
+        factor = jnp.where(state.count < classifier_only_steps, 0.0, backbone_factor)
+        scaled = {name: (tree if name == CLASSIFIER else jax.tree.map(lambda u: u * factor.astype(u.dtype), tree))
+                  for name, tree in updates.items()}  # fmt: skip
+        return scaled, optax.ScaleByScheduleState(count=optax.safe_increment(state.count))
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
 def create_optimizer(config, learning_rate: optax.Schedule, num_train_steps: int) -> optax.GradientTransformation:
-    """`config.optimizer` with optional global-norm clipping (`config.grad_clip_norm` > 0), and
+    """`config.optimizer` with optional global-norm clipping (`config.grad_clip_norm` > 0), the
+    classifier trained first (`train_classifier_first`: `classifier_only_fraction`, `backbone_lr_factor`),
     magnitude pruning (`config.prune_density` set) chained last so pruned weights stay exactly zero,
     and training shared weights when `config.share_bits` is set (`with_shared_weights`), keeping the
     mean of the parameters when `config.average_from_step` is set (`average_weights`).
@@ -109,6 +134,9 @@ def create_optimizer(config, learning_rate: optax.Schedule, num_train_steps: int
         raise ValueError(f"unknown optimizer {config.optimizer!r}; expected one of {', '.join(OPTIMIZERS)}")
     if config.grad_clip_norm > 0:
         optimizer = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), optimizer)
+    classifier_only_steps = int(config.get("classifier_only_fraction", 0.0) * num_train_steps)
+    if classifier_only_steps or config.get("backbone_lr_factor", 1.0) != 1.0:
+        optimizer = optax.chain(optimizer, train_classifier_first(classifier_only_steps, config.backbone_lr_factor))
     if config.prune_density is not None:
         optimizer = optax.chain(optimizer, create_pruning(config, num_train_steps))
     if config.get("share_bits") is not None:  # wraps the whole chain: it sees the summed gradients

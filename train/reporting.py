@@ -1,7 +1,8 @@
 """What a user sees of a run: a progress bar, metric files (TensorBoard, JSONL, CSV) and a plot.
 
 Everything is written by process 0 only, under the workdir: `metrics.jsonl` and `metrics.csv`
-(one row per logged step and split), `tensorboard/` (event files) and `curves.png`. A remote workdir
+(one row per logged step and split), `tensorboard/` (event files), `curves.png`, and with config key
+`report` the eval split's report in `report/` (`write_report`). A remote workdir
 (`gs://...`) gets the same files: object stores cannot append, so there a metrics file is rewritten
 whole on each write (TensorBoard's own writer uploads its event file the same way).
 """
@@ -14,9 +15,10 @@ import json
 import logging
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Optional
 
+import numpy as np
 import tqdm
 
 from flax_squeezenet.storage import files
@@ -199,3 +201,118 @@ class ProgressBar:
 
     def close(self) -> None:
         self._bar.close()
+
+
+REPORT_DIR = "report"
+MAX_MISTAKES_SHOWN = 96  # the contact sheet's photos: a sheet stays readable; the CSVs count all
+
+
+def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
+    """int64 [true class, predicted class] counts."""
+    matrix = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(matrix, (labels, predicted), 1)
+    return matrix
+
+
+def per_class_rows(matrix: np.ndarray, class_names: Sequence[str]) -> list[dict[str, Any]]:
+    """Per class: its held-out count, precision and recall (NaN where nothing was predicted / held out)."""
+    rows = []
+    for index, name in enumerate(class_names):
+        correct, count, predicted = matrix[index, index], matrix[index].sum(), matrix[:, index].sum()
+        rows.append({"class": name, "count": int(count), "precision": correct / predicted if predicted else math.nan,
+                     "recall": correct / count if count else math.nan})  # fmt: skip
+    return rows
+
+
+def per_class_table(rows: Sequence[Mapping[str, Any]], top1: float, total: int) -> str:
+    """The per-class rows as an aligned text table, with the overall top-1 at the end."""
+    width = max(len("class"), *(len(str(row["class"])) for row in rows))
+    lines = [f"{'class':<{width}}  {'count':>6}  {'precision':>9}  {'recall':>6}"]
+    lines += [f"{row['class']:<{width}}  {row['count']:>6}  {row['precision']:>9.3f}  {row['recall']:>6.3f}" for row in rows]
+    lines.append(f"{'all':<{width}}  {total:>6}  {'top-1':>9}  {top1:>6.3f}")
+    return "\n".join(lines)
+
+
+def _write_csv(path: files.AnyPath, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    writer.writerows(rows)
+    write_atomically(path, buffer.getvalue())
+
+
+def _save_figure(fig, path: files.AnyPath) -> None:
+    with files.atomic_file(path) as temporary:
+        fig.savefig(temporary, dpi=100, format="png")
+
+
+def plot_confusion(matrix: np.ndarray, class_names: Sequence[str], path: files.AnyPath) -> None:
+    """The confusion matrix as a PNG: counts in the cells, row-normalised colours, class names on both axes."""
+    from matplotlib.figure import Figure
+
+    n = len(class_names)
+    side = min(24.0, 2.5 + 0.55 * n)
+    fig = Figure(figsize=(side, side))
+    ax = fig.subplots()
+    rates = matrix / np.maximum(1, matrix.sum(axis=1, keepdims=True))
+    ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(n), labels=class_names, rotation=45, ha="right")
+    ax.set_yticks(range(n), labels=class_names)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title("held-out photos: count per (true, predicted) class")
+    if n <= 30:
+        for (row, column), count in np.ndenumerate(matrix):
+            if count:
+                ax.text(column, row, str(count), ha="center", va="center",
+                        color="white" if rates[row, column] > 0.5 else "black", fontsize=8)  # fmt: skip
+    fig.tight_layout()
+    _save_figure(fig, path)
+
+
+def plot_mistakes(images: Sequence[np.ndarray], titles: Sequence[str], path: files.AnyPath, total: int) -> None:
+    """A contact sheet of `images` (uint8 [H, W, C]) each above its title; `total` mistakes in all."""
+    from matplotlib.figure import Figure
+
+    columns = max(1, min(8, len(images)))
+    rows = max(1, math.ceil(len(images) / columns))
+    fig = Figure(figsize=(2.2 * columns, 2.6 * rows + 0.6))
+    shown = f"the first {len(images)} of " if len(images) < total else ""
+    fig.suptitle(f"held-out photos the model gets wrong: {shown}{total}" if total else "no held-out photo is wrong")
+    for index, ax in enumerate(np.atleast_1d(fig.subplots(rows, columns, squeeze=False)).ravel()):
+        ax.axis("off")
+        if index < len(images):
+            image = images[index]
+            ax.imshow(image[:, :, 0] if image.shape[-1] == 1 else image, cmap="gray" if image.shape[-1] == 1 else None)
+            ax.set_title(titles[index], fontsize=8)
+    fig.tight_layout()
+    _save_figure(fig, path)
+
+
+def write_report(directory: files.AnyPath, labels: np.ndarray, predicted: np.ndarray, class_names: Sequence[str],
+                 image_of: Callable[[int], np.ndarray], names: Sequence[str] = ()) -> dict[str, Any]:  # fmt: skip
+    """Write the report of a classifier's eval-split results into `directory` (created); returns
+    {"top1", "count", "table", and the paths "per_class_csv", "confusion_csv", "confusion_png", "mistakes_png"}.
+
+    `labels` and `predicted` are per example; `image_of(i)` is example i's image and `names[i]`
+    (optional) its file name, shown on the contact sheet of mistakes.
+    """
+    directory = files.user_path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    matrix = confusion_matrix(labels, predicted, len(class_names))
+    rows = per_class_rows(matrix, class_names)
+    top1 = float(np.trace(matrix) / max(1, matrix.sum()))
+    paths = {key: directory / name for key, name in (("per_class_csv", "per_class.csv"), ("confusion_csv", "confusion.csv"),
+             ("confusion_png", "confusion.png"), ("mistakes_png", "mistakes.png"))}  # fmt: skip
+    _write_csv(paths["per_class_csv"], ["class", "count", "precision", "recall"],
+               ([r["class"], r["count"], f"{r['precision']:.4f}", f"{r['recall']:.4f}"] for r in rows))  # fmt: skip
+    _write_csv(paths["confusion_csv"], ["true \\ predicted", *class_names],
+               ([name, *map(int, matrix[i])] for i, name in enumerate(class_names)))  # fmt: skip
+    plot_confusion(matrix, class_names, paths["confusion_png"])
+    wrong = np.flatnonzero(labels != predicted)
+    shown = wrong[:MAX_MISTAKES_SHOWN]
+    titles = [(f"{os.path.basename(names[i])}\n" if names else "") +
+              f"true: {class_names[labels[i]]}\npredicted: {class_names[predicted[i]]}" for i in shown]  # fmt: skip
+    plot_mistakes([image_of(int(i)) for i in shown], titles, paths["mistakes_png"], len(wrong))
+    table = per_class_table(rows, top1, int(matrix.sum()))
+    return {"top1": top1, "count": int(matrix.sum()), "table": table, **{k: str(v) for k, v in paths.items()}}

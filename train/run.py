@@ -22,9 +22,10 @@ import optax
 from jax.sharding import Mesh
 
 import flax_squeezenet
-from train import checkpoints, input_pipeline, optim, parallel
+from train import checkpoints, input_pipeline, linear_probe, optim, parallel
 from train import workdir as workdir_lib
 from train.configs import validation
+from train.data import photo_split as photo_split_lib
 from train.state import TrainState, create_train_state, model_kwargs
 
 logger = logging.getLogger(__name__)
@@ -41,18 +42,37 @@ class Schedule:
     checkpoint_every: int
 
 
+def scaled_epochs(config: ml_collections.ConfigDict, num_train_examples: int) -> float:
+    """`config.num_epochs`, or with `config.images_budget` > 0 the budget spread over the train
+    examples, clipped to [`min_epochs`, `max_epochs`]: about the same number of steps for any small
+    dataset, at least `min_epochs` passes over a large one."""
+    if config.images_budget <= 0:
+        return config.num_epochs
+    return min(config.max_epochs, max(config.min_epochs, config.images_budget / max(1, num_train_examples)))
+
+
+def eval_period(config: ml_collections.ConfigDict, num_train_steps: int, steps_per_epoch: int) -> int:
+    """Steps between evaluations: `eval_every_steps`, else `num_evals` spread over the run, else an epoch."""
+    if config.eval_every_steps > 0:
+        return config.eval_every_steps
+    if config.get("num_evals", 0) > 0:
+        return max(1, num_train_steps // config.num_evals)
+    return steps_per_epoch
+
+
 def make_schedule(config: ml_collections.ConfigDict, num_train_examples: int) -> Schedule:
     """The run's length and its log / eval / checkpoint periods (eval: once an epoch unless set)."""
     steps_per_epoch = max(1, num_train_examples // config.batch_size)
     if config.num_train_steps > 0:
         num_train_steps = int(config.num_train_steps)
     else:
-        num_train_steps = max(1, int(math.ceil(config.num_epochs * steps_per_epoch)))
+        epochs = scaled_epochs(config, num_train_examples)
+        num_train_steps = max(1, int(math.ceil(epochs * steps_per_epoch)))
     return Schedule(
         num_train_steps=num_train_steps,
         steps_per_epoch=steps_per_epoch,
         log_every=max(1, config.log_every_steps),
-        eval_every=config.eval_every_steps if config.eval_every_steps > 0 else steps_per_epoch,
+        eval_every=eval_period(config, num_train_steps, steps_per_epoch),
         checkpoint_every=max(1, config.checkpoint_every_steps),
     )
 
@@ -71,6 +91,7 @@ class Run:
     optimizer: optax.GradientTransformation
     mesh: Mesh
     abstract_state: TrainState
+    photo_split: photo_split_lib.PhotoSplit | None  # config.photos: the train / held-out photos (split.json)
 
 
 def build_run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Run:
@@ -89,7 +110,10 @@ def build_run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> 
     mesh = parallel.create_mesh()
     parallel.check_batch_size(config.batch_size, mesh.size, "batch_size")
     parallel.check_batch_size(config.eval_batch_size or config.batch_size, mesh.size, "eval_batch_size")
-    data = input_pipeline.open_data(config)
+    split = None
+    if config.photos:
+        split = photo_split_lib.split_for_workdir(config.photos, config.holdout_fraction, paths.root)
+    data = input_pipeline.open_data(config, split)
     schedule = make_schedule(config, data.info.num_train_examples)
     kwargs = model_kwargs(config, data.info.num_classes, data.info.image_shape[-1])
     model = flax_squeezenet.create_model(config.model, **kwargs)
@@ -107,6 +131,7 @@ def build_run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> 
         optimizer=optimizer,
         mesh=mesh,
         abstract_state=checkpoints.abstract_like(shapes, parallel.replicated_sharding(mesh)),
+        photo_split=split,
     )
 
 
@@ -124,8 +149,15 @@ def pretrained_params(run: Run) -> Any:
 
 
 def initial_state(run: Run) -> TrainState:
-    """The step-0 state replicated over the mesh: `init_from`'s weights if set, else the model's init."""
+    """The step-0 state replicated over the mesh: `init_from`'s weights if set (with config key
+    `classifier_init` "linear_probe", its classifier fitted by `linear_probe.probe_classifier`), else
+    the model's init."""
     params = pretrained_params(run) if run.config.init_from else None
+    if run.config.classifier_init == "linear_probe":
+        if params is None:
+            raise ValueError("config key classifier_init 'linear_probe' fits the classifier on pretrained features: "
+                             "set init_from")  # fmt: skip
+        params = linear_probe.probe_classifier(run, params)
     state = create_train_state(run.model, run.optimizer, run.data.info.image_shape, run.config.seed, params)
     return parallel.replicate(state, run.mesh)
 

@@ -29,14 +29,16 @@ from train.state import TrainState
 
 def save_model(run: run_lib.Run, state: TrainState, directory: str | os.PathLike) -> pathlib.Path:
     """Write `state`'s model (`averaging.model_params`) where `flax_squeezenet.load_pretrained(directory)`
-    reads it, with the run's evaluation transform and class names (tests/test_conventions.py)."""
+    reads it, with the run's evaluation transform and class names (tests/test_conventions.py), and
+    for image folders its training photos (the default calibration photos of `squeezenet-export --int8`)."""
     params = jax.tree.map(np.asarray, averaging.model_params(state))
     p = run.data.settings.preprocessing
     convention = InputConvention(p.mean, p.std, round(p.image_size / p.eval_crop_fraction), p.image_size,
                                  "L" if p.channels == 1 else "RGB")  # fmt: skip
     return flax_squeezenet.save_pretrained(
         directory, {"params": params}, model=run.config.model, preprocessing=convention,
-        class_names=list(run.data.info.class_names), **run.model_kwargs,
+        class_names=list(run.data.info.class_names), training_images=run.data.dataset.train_files or None,
+        **run.model_kwargs,
     )  # fmt: skip
 
 

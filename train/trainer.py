@@ -22,8 +22,9 @@ import orbax.checkpoint as ocp
 import flax_squeezenet
 from train import checkpoints, input_pipeline, parallel, reporting, steps
 from train import workdir as workdir_lib
-from train.evaluate import evaluate
-from train.run import Run, Schedule, initial_state
+from train.data import photo_split
+from train.evaluate import evaluate, predict
+from train.run import Run, Schedule, initial_state, restore_state
 from train.save_model import save_model
 from train.signals import StopSignal, TrainingInterrupted
 from train.state import TrainState
@@ -148,11 +149,15 @@ def train_loop(session: Session, state: TrainState, stop: StopSignal) -> tuple[i
 
 
 def prepare_workdir(run: Run) -> None:
-    """Check the config against the workdir's saved one, then write config.json (the workdir is locked)."""
+    """Check the config against the workdir's saved one, then write config.json (and, for config key
+    `photos`, the run's split.json unless it is there); the workdir is locked."""
     workdir_lib.check_resumable(run.config, run.paths)
     run.paths.root.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
         workdir_lib.write_config(run.config, run.paths.config_json)
+        split_path = run.paths.root / photo_split.SPLIT_JSON
+        if run.photo_split is not None and not split_path.exists():
+            photo_split.write_split(run.photo_split, split_path)
 
 
 def start_state(run: Run, manager: ocp.CheckpointManager, train_iter) -> TrainState:
@@ -207,21 +212,43 @@ def _train_in_locked_workdir(run: Run) -> dict[str, Any]:
         session.progress.close()
         checkpoints.finish(manager)
         writer.close()
-    model_dir = finish_run(run, final_state)
-    return {"step": step, "train": last_train, "eval": last_eval, "model": model_dir}
+    model_dir, report = finish_run(run, final_state)
+    return {"step": step, "train": last_train, "eval": last_eval, "model": model_dir, "report": report}
 
 
-def finish_run(run: Run, state: TrainState) -> Optional[str]:
-    """Save the trained model and draw the curves (in process 0); the model's directory, None if not saved."""
-    path = None
+def model_state(run: Run, final_state: TrainState) -> TrainState:
+    """The state saved as the model: the final one, or with `saved_step` "best" the checkpoint of best eval top-1."""
+    if run.config.saved_step != "best":
+        return final_state
+    state, step = restore_state(run, "best")
+    logger.info("the model is the checkpoint of best eval top-1: step %d", step)
+    return state
+
+
+def report_of(run: Run, state: TrainState) -> dict[str, Any]:
+    """`reporting.write_report` of `state`'s predictions on the eval split, into workdir/report."""
+    labels, predicted = predict(run, state)
+    dataset = run.data.dataset
+    report = reporting.write_report(run.paths.root / reporting.REPORT_DIR, labels, predicted, dataset.class_names,
+                                    lambda i: dataset.eval[i]["image"], dataset.eval_files)  # fmt: skip
+    return {**report, "directory": str(run.paths.root / reporting.REPORT_DIR)}
+
+
+def finish_run(run: Run, final_state: TrainState) -> tuple[Optional[str], Optional[dict[str, Any]]]:
+    """Save the model (`model_state`), draw the curves and, with config key `report`, write the report
+    (in process 0); the model's directory and the report (`report_of`), None where not written."""
+    path, report = None, None
     if jax.process_count() > 1:
         # save_pretrained writes from one process; in a multi-process run it would wait on the others.
         logger.warning("multi-process run: not saving the model; run `python -m train.save_model --workdir %s` "
                        "in one process", run.paths.root)  # fmt: skip
     else:
+        state = model_state(run, final_state)
         path = str(save_model(run, state, run.paths.model))
         logger.info("saved the trained model to %s", path)
+        if run.config.report:
+            report = report_of(run, state)
     if jax.process_index() == 0:
         reporting.plot_curves(run.paths.root)
         logger.info("curves in %s", run.paths.root / reporting.CURVES_PNG)
-    return path
+    return path, report

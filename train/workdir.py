@@ -45,10 +45,10 @@ LOCK_FILE = "run.lock"
 PRETRAINED_METADATA = "metadata.json"  # what flax_squeezenet.save_pretrained writes in its directory
 
 RESUMABLE_KEYS = frozenset({
-    "num_epochs", "num_train_steps", "log_every_steps", "eval_every_steps", "checkpoint_every_steps",
+    "num_epochs", "num_train_steps", "log_every_steps", "eval_every_steps", "num_evals", "checkpoint_every_steps",
     "learning_rate", "schedule", "warmup_steps", "cycle_steps", "end_learning_rate_factor", "grad_clip_norm",
-    "keep_checkpoints", "measure_pipeline_throughput", "model_dir", "init_from", "data_dir", "manual_dir",
-    "train_folder", "eval_folder", "eval_split", "eval_batch_size", "cache_images", "num_workers",
+    "keep_checkpoints", "measure_pipeline_throughput", "model_dir", "init_from", "classifier_init", "data_dir", "manual_dir",
+    "train_folder", "eval_folder", "photos", "report", "saved_step", "images_budget", "min_epochs", "max_epochs", "eval_split", "eval_batch_size", "cache_images", "num_workers",
     "prefetch", "parallel", "distributed", "coordinator_address", "num_processes", "process_id",
 })  # fmt: skip
 

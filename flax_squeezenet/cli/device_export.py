@@ -17,6 +17,7 @@ from flax_squeezenet.deploy.onnx import save_onnx
 from flax_squeezenet.storage import files
 from flax_squeezenet.weights.conventions import IMAGENET, InputConvention
 from flax_squeezenet.weights.preprocess import CROP_SIZE, RESIZE_SIZE
+from flax_squeezenet.weights.pretrained import training_image_files
 
 
 def add_options(parser: argparse.ArgumentParser) -> None:
@@ -24,11 +25,13 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("int8 and fixed shapes")
     group.add_argument(
         "--int8", action="store_true",
-        help="static int8 quantization (ONNX: QDQ; tflite: full-integer, uint8 input and output); needs --calibration",
+        help="static int8 quantization (ONNX: QDQ; tflite: full-integer, uint8 input and output); calibrated on "
+        "--calibration, or on the training photos the --weights directory records (python -m train saves them)",
     )  # fmt: skip
     group.add_argument(
         "--calibration", metavar="IMAGES",
-        help="folder of images to calibrate --int8 on (a quarter is held back to check the result)",
+        help="folder of images to calibrate --int8 on (a quarter is held back to check the result; default: the "
+        "weights' own training photos where recorded)",
     )  # fmt: skip
     group.add_argument(
         "--input-shape", type=parse_input_shape, metavar="SHAPE",
@@ -37,8 +40,9 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         "(tflite: NHWC at --image-size, batch 1 that the interpreter may resize)",
     )  # fmt: skip
     group.add_argument(
-        "--weight-rounding", choices=WEIGHT_ROUNDINGS, default="nearest",
-        help="int8 ONNX weights: round to nearest (default) or AdaRound to each layer's float output (slower)",
+        "--weight-rounding", choices=WEIGHT_ROUNDINGS, default=None,
+        help="int8 weights (ONNX and tflite): AdaRound to each layer's float output on the calibration photos "
+        "(the default: closer to float32, see BENCHMARKS.md) or round to nearest (faster to write)",
     )  # fmt: skip
     group.add_argument("--mean", type=float, nargs="+", help="calibration normalisation (default: the weights' own)")
     group.add_argument("--std", type=float, nargs="+", help="calibration normalisation (default: the weights' own)")
@@ -107,10 +111,25 @@ def check_fits_in_memory(module, batch: int, height: int, width: int, option: st
                          f"{available / 2**30:,.0f} GiB of memory")  # fmt: skip
 
 
+DEFAULT_WEIGHT_ROUNDING = "adaround"  # costs 0.3 point of ImageNet top-1 where "nearest" costs 0.9 (issue #28)
+
+
+def calibration_files(args: argparse.Namespace) -> list:
+    """The images to calibrate --int8 on: --calibration's, else the training photos the --weights
+    directory records (`pretrained.training_image_files`); ValueError when there are neither."""
+    if args.calibration is not None:
+        return onnx_int8.image_files(args.calibration)
+    recorded = training_image_files(args.weights) if args.weights else None
+    if not recorded:
+        raise ValueError("--int8 needs --calibration IMAGES: these weights record no training photos "
+                         "(a model saved by python -m train from an image folder does)")  # fmt: skip
+    return recorded
+
+
 def check_options(args: argparse.Namespace, module) -> None:
     """Raise ValueError if the device options contradict each other (`check_input_shape`: the model)."""
-    if args.int8 != (args.calibration is not None):
-        raise ValueError("--int8 and --calibration IMAGES go together")
+    if args.calibration is not None and not args.int8:
+        raise ValueError("--calibration IMAGES calibrates --int8: add --int8")
 
 
 def calibration_convention(args: argparse.Namespace, module, convention: InputConvention | None):
@@ -135,7 +154,7 @@ def calibration_convention(args: argparse.Namespace, module, convention: InputCo
 
 def calibration_split(args: argparse.Namespace) -> tuple[list, list]:
     """(calibration, held back) files of --calibration, as both int8 exports split them."""
-    return onnx_int8.split_held_back(onnx_int8.image_files(args.calibration), onnx_int8.HELD_BACK, onnx_int8.MAX_IMAGES)
+    return onnx_int8.split_held_back(calibration_files(args), onnx_int8.HELD_BACK, onnx_int8.MAX_IMAGES)
 
 
 def export(args: argparse.Namespace, module, variables, convention: InputConvention | None,
@@ -154,7 +173,8 @@ def export(args: argparse.Namespace, module, variables, convention: InputConvent
         held_back = onnx_int8.calibration_images(held_back_files, module.in_channels, convention)
         with files.atomic_file(args.output) as staging:
             save_onnx(module, variables, staging, preprocessing=convention, int8=True, calibration=calibration,
-                      input_shape=shape, weight_rounding=args.weight_rounding, class_names=class_names)  # fmt: skip
+                      input_shape=shape, weight_rounding=args.weight_rounding or DEFAULT_WEIGHT_ROUNDING,
+                      class_names=class_names)  # fmt: skip
             result = onnx_int8.agreement(onnx_int8.flax_logits(module, variables, held_back),
                                         onnx_int8.run_onnx(staging, held_back))  # fmt: skip
         return f"wrote int8 {files.user_path(args.output)}; {result.describe()}"
@@ -183,9 +203,10 @@ def export_tflite(args: argparse.Namespace, module, variables, convention: Input
         if height != width:
             raise UsageError(f"expected a square --input-shape for --int8 (H = W), got {height}x{width}")
         with files.atomic_file(args.output) as staging:
-            result = tflite.save_tflite_from_folder(module, variables, staging, args.calibration,
+            result = tflite.save_tflite_from_folder(module, variables, staging, calibration_files(args),
                                                     preprocessing=convention, batch=batch,
-                                                    class_names=class_names)  # fmt: skip
+                                                    class_names=class_names,
+                                                    weight_rounding=args.weight_rounding or DEFAULT_WEIGHT_ROUNDING)  # fmt: skip
         return f"wrote int8 {files.user_path(args.output)} (input {shape}); {result.describe()}"
     images = np.random.default_rng(0).standard_normal((batch or 2, height, width, module.in_channels))
     images = images.astype(np.float32)

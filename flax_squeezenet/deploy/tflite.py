@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flax_squeezenet.compression.rounding import WEIGHT_ROUNDINGS
 from flax_squeezenet.deploy import onnx_int8, tflite_metadata
 from flax_squeezenet.storage import files
 from flax_squeezenet.weights.conventions import InputConvention
@@ -621,13 +622,17 @@ def save_tflite_from_folder(
     module: SqueezeNet,
     variables: Mapping[str, Any],
     path: str | os.PathLike,
-    folder: str | os.PathLike,
+    folder: str | os.PathLike | Sequence[str | os.PathLike],
     *,
     preprocessing: InputConvention | None = None,
     batch: int | None = None,
     class_names: Sequence[str] | None = None,
+    weight_rounding: str = "nearest",
 ) -> onnx_int8.Agreement:
-    """Write the int8 LiteRT export calibrated on the images in `folder`; compare it on the held-back ones.
+    """Write the int8 LiteRT export calibrated on the images in `folder` (or the image files listed);
+    compare it on the held-back ones. `weight_rounding` "adaround" first rounds the kernels to the
+    same per-channel int8 grid by `int8_rounding.adaround_int8` on the calibration images (the
+    writer then keeps those integers); "nearest" leaves the rounding to the writer.
 
     The folder is split as the int8 ONNX export splits it, and its images are prepared by
     `preprocessing`, the weights' own input convention (`onnx_int8.calibration_images`: ImageNet's
@@ -637,12 +642,20 @@ def save_tflite_from_folder(
     """
     require_litert()
     calibration_files, held_back_files = onnx_int8.split_held_back(
-        onnx_int8.image_files(folder), onnx_int8.HELD_BACK, onnx_int8.MAX_IMAGES
+        onnx_int8.image_files(folder) if isinstance(folder, (str, os.PathLike)) else list(folder),
+        onnx_int8.HELD_BACK, onnx_int8.MAX_IMAGES,
     )
+    if weight_rounding not in WEIGHT_ROUNDINGS:
+        raise ValueError(f"expected weight_rounding one of {', '.join(WEIGHT_ROUNDINGS)}, got {weight_rounding!r}")
     files.check_output_is_not_input(path, *calibration_files, *held_back_files)
     calibration = onnx_int8.calibration_images(calibration_files, module.in_channels, preprocessing)
     held_back = onnx_int8.calibration_images(held_back_files, module.in_channels, preprocessing)
-    written = save_tflite(module, variables, path, int8=True, calibration=calibration,
+    rounded = variables
+    if weight_rounding == "adaround":
+        from flax_squeezenet.deploy import int8_rounding  # imported when used, as save_onnx does
+
+        rounded = int8_rounding.adaround_int8(module, variables, calibration)
+    written = save_tflite(module, rounded, path, int8=True, calibration=calibration,
                           image_size=calibration.shape[1], batch=batch, preprocessing=preprocessing,
                           class_names=class_names)  # fmt: skip
     return onnx_int8.agreement(onnx_int8.flax_logits(module, variables, held_back), run_tflite(written, held_back))

@@ -19,7 +19,7 @@ import os
 import pathlib
 import shutil
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -40,6 +40,7 @@ from flax_squeezenet.zoo import sizes
 from flax_squeezenet.zoo.models import MODELS, SqueezeNet, create_model
 
 METADATA_FILE = "metadata.json"
+TRAINING_IMAGES_KEY = "training_images"  # {"root": folder, "files": [paths relative to it]}: see save_pretrained
 VARIABLES_DIR = "variables"
 DTYPE_KWARGS = ("dtype", "param_dtype")
 DIGEST_KEY = "variables_sha256"
@@ -113,13 +114,16 @@ def save_pretrained(
     format: str = "orbax",
     preprocessing: InputConvention | None = None,
     class_names: list[str] | None = None,
+    training_images: Sequence[str | os.PathLike] | None = None,
     **model_kwargs: Any,
 ) -> files.AnyPath:
     """Save `variables` of the variant `model` built with `model_kwargs` to `directory`.
 
     `format="safetensors"` writes the Hugging Face Hub layout instead (see `safetensors_io`).
     `preprocessing` (default: ImageNet's, for 3-channel models only) and `class_names` travel with
-    the weights.
+    the weights; `training_images` (files the weights were trained on) are recorded under
+    `TRAINING_IMAGES_KEY` ({"root": their common folder, "files": paths relative to it}), where
+    `squeezenet-export --int8` takes its calibration photos when none are named (`training_image_files`).
 
     Writes an Orbax checkpoint of the variables plus `metadata.json` ({"model": ..., "model_kwargs":
     ...}; dtypes by name; the variables' sha256, checked on load), so `load_pretrained(directory)`
@@ -136,6 +140,10 @@ def save_pretrained(
                 "preprocessing": _convention_for(preprocessing, model_kwargs.get("in_channels", 3)).to_dict()}  # fmt: skip
     if class_names is not None:
         metadata["class_names"] = list(class_names)
+    if training_images:
+        absolute = [os.path.abspath(path) for path in training_images]
+        root = os.path.commonpath(absolute) if len(absolute) > 1 else os.path.dirname(absolute[0])
+        metadata[TRAINING_IMAGES_KEY] = {"root": root, "files": [os.path.relpath(p, root) for p in absolute]}
     if format == "safetensors":
         return safetensors_io.save_safetensors(directory, variables, metadata)
     if format != "orbax":
@@ -173,6 +181,22 @@ def variables_digest(variables: Any) -> str:
         digest.update(f"{path} {leaf.dtype.str} {leaf.shape}\n".encode())
         digest.update(np.ascontiguousarray(leaf).tobytes())
     return digest.hexdigest()
+
+
+def training_image_files(directory: str | os.PathLike) -> list[pathlib.Path] | None:
+    """The training images a save_pretrained directory records (`TRAINING_IMAGES_KEY`), None if none
+    (any other source); a one-line error naming the first that is gone."""
+    path = pathlib.Path(directory) / METADATA_FILE
+    if not path.is_file():
+        return None
+    recorded = _read_metadata(pathlib.Path(directory)).get(TRAINING_IMAGES_KEY)
+    if not recorded:
+        return None
+    images = [pathlib.Path(recorded["root"]) / name for name in recorded["files"]]
+    missing = next((image for image in images if not image.is_file()), None)
+    if missing is not None:
+        raise FileNotFoundError(f"{missing}, one of the training photos {path} records, is gone: pass --calibration IMAGES")
+    return images
 
 
 def _read_metadata(directory: pathlib.Path) -> dict[str, Any]:

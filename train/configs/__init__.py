@@ -12,7 +12,7 @@ import pathlib
 import ml_collections
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent
-PRESETS = ("fashion_mnist", "cifar10", "cifar10_finetune", "cifar10_finetune_160", "imagenet")
+PRESETS = ("fashion_mnist", "cifar10", "cifar10_finetune", "cifar10_finetune_160", "imagenet", "finetune")
 DEFAULT_PRESET = "fashion_mnist"
 
 

@@ -27,6 +27,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.manual_dir = config_dict.placeholder(str)  # TFDS manual dir / the Fashion-MNIST idx files
     config.train_folder = config_dict.placeholder(str)  # "image_folder": one subfolder per class
     config.eval_folder = config_dict.placeholder(str)
+    config.photos = config_dict.placeholder(str)  # "image_folder": ONE folder of class subfolders, split by the program
+    config.holdout_fraction = 0.2  # photos: of each class, held out (train.data.photo_split)
     config.train_split = config_dict.placeholder(str)
     config.eval_split = config_dict.placeholder(str)
     config.image_size = 64  # None: the dataset's own
@@ -52,6 +54,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval_batch_size = config_dict.placeholder(int)  # None: batch_size
     config.num_epochs = 20.0
     config.num_train_steps = -1  # > 0 overrides num_epochs
+    # > 0: num_epochs is images_budget / train images, clipped to [min_epochs, max_epochs] (train.run):
+    # small data gets more epochs, large data fewer, so 200 and 5,000 photos both get a sensible run.
+    config.images_budget = 0
+    config.min_epochs = 8.0
+    config.max_epochs = 60.0
     config.optimizer = "adam"  # "adam", "adamw" or "sgd" (momentum)
     config.learning_rate = 1e-3
     config.schedule = "warmup_cosine"  # "constant", "linear" (the paper's decay to 0), "warmup_cosine", "cosine_restarts"
@@ -62,6 +69,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.momentum = 0.9  # sgd only
     config.grad_clip_norm = 0.0  # > 0: clip gradients to this global norm
     config.label_smoothing = 0.1
+    # Fine-tuning (train.optim.train_classifier_first): for the first classifier_only_fraction of the
+    # steps only the classifier learns; after, every other layer at backbone_lr_factor x the rate.
+    config.classifier_only_fraction = 0.0
+    config.backbone_lr_factor = 1.0
+    config.classifier_init = "random"  # or "linear_probe": fitted on the frozen features first (train.linear_probe)
 
     # Pruning (flax_squeezenet.compression.pruning): magnitude pruning with retraining, reached along
     # Zhu & Gupta's cubic schedule; pruned weights stay exactly zero and the masks are checkpointed.
@@ -92,11 +104,14 @@ def get_config() -> ml_collections.ConfigDict:
     config.seed = 0
     config.parallel = "jit"  # "jit" (a device mesh) or "pmap"
     config.log_every_steps = 50
-    config.eval_every_steps = 0  # 0: once per epoch
+    config.eval_every_steps = 0  # 0: num_evals spread over the run, or once per epoch when that is 0
+    config.num_evals = 0
     config.checkpoint_every_steps = 1000
     config.keep_checkpoints = 3  # the latest K, plus the best by eval top-1
     config.measure_pipeline_throughput = True
     config.model_dir = config_dict.placeholder(str)  # where the trained model is saved; None: workdir/model
+    config.saved_step = "last"  # the state saved as the model: "last", or "best" (by eval top-1)
+    config.report = False  # write the eval split's report (train.reporting.write_report) into workdir/report
     config.distributed = False  # call jax.distributed.initialize() (arguments from the environment)
     config.coordinator_address = config_dict.placeholder(str)
     config.num_processes = config_dict.placeholder(int)

@@ -18,6 +18,8 @@ from train import optim, parallel
 from train.configs import default
 
 DTYPES = ("float32", "bfloat16")
+SAVED_STEPS = ("last", "best")
+CLASSIFIER_INITS = ("random", "linear_probe")
 
 
 def _positive(value) -> bool:
@@ -62,6 +64,15 @@ RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "average_from_step": (_non_negative, "an integer of at least 0 (None: no weight averaging)"),
     "average_every_steps": (_positive, "an integer of at least 1"),
     "cycle_steps": (_non_negative, "an integer of at least 0"),
+    "holdout_fraction": (lambda v: 0 < v < 1, "a number in (0, 1), e.g. 0.2"),
+    "images_budget": (_non_negative, "an integer of at least 0 (0: num_epochs as set)"),
+    "min_epochs": (_positive, "a finite number above 0"),
+    "max_epochs": (_positive, "a finite number above 0"),
+    "classifier_only_fraction": (_fraction, "a number in [0, 1)"),
+    "backbone_lr_factor": (_non_negative, "a finite number of at least 0"),
+    "num_evals": (_non_negative, "an integer of at least 0 (0: once per epoch)"),
+    "classifier_init": (lambda v: v in CLASSIFIER_INITS, "one of " + ", ".join(CLASSIFIER_INITS)),
+    "saved_step": (lambda v: v in SAVED_STEPS, "one of " + ", ".join(SAVED_STEPS)),
 }
 
 
@@ -111,6 +122,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
             raise ValueError(f"config key {key} must be {expected}, got {value!r}")
     if config.get("schedule") == "cosine_restarts" and not config.get("cycle_steps"):
         raise ValueError("config key cycle_steps must be at least 1 with schedule 'cosine_restarts' (the cycle's length)")
+    if config.get("images_budget") and config.min_epochs > config.max_epochs:
+        raise ValueError(f"config key min_epochs ({config.min_epochs}) must be at most max_epochs ({config.max_epochs})")
     _validate_pruning(config)
     problem = _sharing_problem(config)
     if problem:

@@ -23,9 +23,13 @@ import os
 import pathlib
 import zlib
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
+
+if TYPE_CHECKING:
+    from train.data.photo_split import PhotoSplit
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +61,8 @@ class SourceConfig:
     synthetic_eval_examples: int
     synthetic_num_classes: int
     synthetic_image_shape: tuple[int, int, int]
+    photo_split: "PhotoSplit | None" = None  # "image_folder" from one photos folder (train.data.photo_split)
+    decode_short_side: int | None = None  # photos: decoded with their shorter side at most this many pixels
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +74,8 @@ class Dataset:
     class_names: tuple[str, ...]
     channels: int
     origin: str
+    train_files: tuple[str, ...] = ()  # image folders: the train split's files, in order
+    eval_files: tuple[str, ...] = ()
 
 
 def check_split(dataset: str, key: str, split: str, valid: Sequence[str], note: str = "") -> None:
@@ -263,9 +271,11 @@ class ImageFolderSource:
     order of every later batch, and so break exact resumption.
     """
 
-    def __init__(self, root: str | os.PathLike, class_names: Sequence[str], listing: FolderListing | None = None):
+    def __init__(self, root: str | os.PathLike, class_names: Sequence[str], listing: FolderListing | None = None,
+                 short_side: int | None = None):  # fmt: skip
         listing = listing or list_class_folders(root, class_names)
         self.root = pathlib.Path(root)
+        self.short_side = short_side
         self.paths = [path for name in class_names for path in listing.images[name]]
         self.labels = np.asarray(
             [label for label, name in enumerate(class_names) for _ in listing.images[name]], np.int64
@@ -278,10 +288,22 @@ class ImageFolderSource:
         path = self.paths[index]
         try:
             with Image.open(path) as image:
+                image = image if self.short_side is None else shrunk(image, self.short_side)
                 pixels = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
             raise UnreadableImageError(f"cannot decode image {path}: {error}; remove or replace the file") from error
         return {"image": pixels, "label": int(self.labels[index])}
+
+
+def shrunk(image: Image.Image, short_side: int) -> Image.Image:
+    """`image` scaled down (never up) so its shorter side is at most `short_side` pixels; JPEGs are
+    decoded at the nearest larger 1/2, 1/4 or 1/8 scale first (Pillow's draft), which is fast."""
+    scale = short_side / min(image.size)
+    if scale >= 1:
+        return image
+    target = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    image.draft("RGB", target)
+    return image.resize(target, Image.BILINEAR, reducing_gap=2.0) if min(image.size) > short_side else image
 
 
 def class_folders(root: str | os.PathLike) -> tuple[str, ...]:
@@ -313,17 +335,18 @@ def check_image_folders(config: SourceConfig) -> tuple[str, ...]:
 def report_listing(key: str, folder: str, listing: FolderListing, class_names: tuple[str, ...]) -> None:
     """Refuse a folder without images, and a train folder with an empty class; warn of what is left out.
 
-    An eval folder may lack classes (a warning says which: its accuracy does not cover them); files
-    that are not images by their extension, or lie outside the class folders, are named in a warning.
+    An eval folder may lack classes (a warning says which: its accuracy does not cover them); a
+    train folder and a "photos" folder (split by the program) may not. Files that are not images by
+    their extension, or lie outside the class folders, are named in a warning.
     """
     empty = [name for name in class_names if not listing.images[name]]
     if len(empty) == len(class_names):
         raise ValueError(f"{key} {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
-    if empty and key == "train_folder":
+    if empty and key in ("train_folder", "photos"):
         raise ValueError(
-            f"train_folder {folder}: the class folders {empty} hold no images ({', '.join(IMAGE_EXTENSIONS)}) "
+            f"{key} {folder}: the class folders {empty} hold no images ({', '.join(IMAGE_EXTENSIONS)}) "
             f"among the classes {list(class_names)}; a class without images cannot be learned: add images or "
-            "remove the folder (the model's classes are train_folder's subfolders)"
+            "remove the folder (the model's classes are its subfolders)"
         )
     if empty:
         logger.warning("%s %s has no images of the classes %s: its accuracy does not cover them", key, folder, empty)
@@ -352,6 +375,7 @@ def image_folder_dataset(config: SourceConfig) -> Dataset:
         f"{config.eval_folder} ({len(folder_sources['eval_folder'])} images)"
     )
     used = {FOLDER_SPLITS[config.train_split], FOLDER_SPLITS[config.eval_split]}
+    listed = dict(folder_sources)
     if config.cache_images:
         folder_sources = {key: decode_all(folder_sources[key]) for key in used}
         origin += ", decoded once into memory"
@@ -361,7 +385,34 @@ def image_folder_dataset(config: SourceConfig) -> Dataset:
         class_names=class_names,
         channels=3,
         origin=origin,
+        train_files=tuple(listed[FOLDER_SPLITS[config.train_split]].paths),
+        eval_files=tuple(listed[FOLDER_SPLITS[config.eval_split]].paths),
     )
+
+
+def photos_dataset(config: SourceConfig) -> Dataset:
+    """The train and held-out photos of ``config.photo_split`` (train.data.photo_split), decoded with
+    their shorter side at most ``decode_short_side``; the splits are "train" and "test" (held out)."""
+    split = config.photo_split
+    for key in ("train_split", "eval_split"):
+        check_split(config.dataset, key, getattr(config, key), tuple(FOLDER_SPLITS))
+    root = pathlib.Path(split.photos)
+    sides = {"train": split.train, "test": split.held_out}
+    listed = {
+        side: ImageFolderSource(root, split.class_names, FolderListing(
+            {name: [str(root / p) for p in paths] for name, paths in zip(split.class_names, sides[side])}, []),
+            short_side=config.decode_short_side)
+        for side in (config.train_split, config.eval_split)
+    }  # fmt: skip
+    used = dict(listed)
+    origin = (f"photos {split.photos}: {len(listed[config.train_split])} train, {len(listed[config.eval_split])} "
+              f"held out ({split.holdout_fraction:g} of each class)")  # fmt: skip
+    if config.cache_images:
+        used = {side: decode_all(source) for side, source in listed.items()}
+        origin += ", decoded once into memory"
+    return Dataset(train=used[config.train_split], eval=used[config.eval_split], class_names=split.class_names,
+                   channels=3, origin=origin, train_files=tuple(listed[config.train_split].paths),
+                   eval_files=tuple(listed[config.eval_split].paths))  # fmt: skip
 
 
 def decode_all(source: ImageFolderSource) -> ArraySource:
@@ -443,6 +494,8 @@ def open_dataset(config: SourceConfig) -> Dataset:
     """The dataset ``config`` names (opened once per process and configuration, then cached); logs its origin."""
     if config.dataset == "synthetic":
         dataset = synthetic_dataset(config)
+    elif config.dataset == "image_folder" and config.photo_split is not None:
+        dataset = photos_dataset(config)
     elif config.dataset == "image_folder":
         dataset = image_folder_dataset(config)
     elif config.dataset == "fashion_mnist":
