@@ -86,7 +86,7 @@ def _sharing_problem(config: ml_collections.ConfigDict) -> str | None:
     if config.get("prune_density") is not None:  # pruning would zero single members of a cluster
         return (
             "config keys share_bits and prune_density cannot both be set: prune in one run, then share in "
-            "a run started from its model (squeezenet-compress --retrain-workdir runs both)"
+            "a run started from its model (python -m train.compress runs both)"
         )
     for key, bits in [("share_bits", config.share_bits), *((f"share_layer_bits.{k}", v) for k, v in overrides.items())]:
         if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= MAX_BITS:
