@@ -109,7 +109,7 @@ def test_squeezenet_compress_asked_to_retrain_says_what_to_run(trained_model, tm
 
 def test_an_unwritable_output_is_refused_before_training(trained_model, tmp_path, capsys):
     argv = [str(trained_model), "--output", str(tmp_path / "missing" / "out.sqz"),
-            "--retrain-workdir", str(tmp_path / "work"), "--config", "fashion_mnist"]  # fmt: skip
+            "--workdir", str(tmp_path / "work"), "--config", "fashion_mnist"]  # fmt: skip
     assert retrain.main(argv) == 1
     assert "is not a writable directory" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
@@ -125,7 +125,7 @@ def test_a_signal_during_a_stage_is_one_line_and_the_signals_exit_status(trained
     monkeypatch.setattr(run, "build_run", lambda config, workdir: (config, workdir))
     monkeypatch.setattr(trainer, "train_and_evaluate", stopped)
     argv = [str(trained_model), "--output", str(tmp_path / "out.sqz"), "--density", "0.5",
-            "--retrain-workdir", str(tmp_path / "work"), "--config", "fashion_mnist"]  # fmt: skip
+            "--workdir", str(tmp_path / "work"), "--config", "fashion_mnist"]  # fmt: skip
     assert retrain.main(argv) == 128 + signal.SIGTERM
     error = capsys.readouterr().err
     assert error == "python -m train.compress: prune stage stopped by SIGTERM at step 7; checkpoint saved, run the same command to resume\n"
