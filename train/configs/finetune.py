@@ -22,7 +22,6 @@ from train.configs import default
 def get_config():
     config = default.get_config()
     config.dataset = "image_folder"
-    config.holdout_fraction = 0.2
     config.cache_images = True
     config.init_from = "squeezenet1_1"
     config.image_size = 128
