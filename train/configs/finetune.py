@@ -29,8 +29,6 @@ def get_config():
     config.batch_size = 32
     config.eval_batch_size = 100
     config.images_budget = 24_000
-    config.min_epochs = 8.0
-    config.max_epochs = 60.0
     config.optimizer = "sgd"
     config.learning_rate = 0.003
     config.grad_clip_norm = 1.0
