@@ -24,12 +24,11 @@ from absl import flags
 from ml_collections import config_flags
 
 from flax_squeezenet.cli import compress as compress_cli
-from flax_squeezenet.cli.common import USAGE_ERROR, USAGE_ERRORS
+from flax_squeezenet.cli.common import COMMAND_ERRORS, parse_with_config_overrides, report_error
 from flax_squeezenet.compression import sensitivity
 from flax_squeezenet.compression.api import compress, encoded_size, save_compressed
 from flax_squeezenet.compression.pruning import kernel_density
 from flax_squeezenet.storage import files
-from flax_squeezenet.storage.download import DownloadError
 from flax_squeezenet.weights import pretrained
 from flax_squeezenet.weights.compressed import CompressedModel
 from flax_squeezenet.zoo.models import count_params
@@ -220,22 +219,14 @@ def compress_and_report(args: argparse.Namespace, overrides: Sequence[str]) -> s
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args, overrides = parser.parse_known_args(argv)
-    unknown = [arg for arg in overrides if not arg.startswith("--config.")]
-    if unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args, overrides = parse_with_config_overrides(build_parser(), argv)
     try:
         print(compress_and_report(args, overrides))
     except PipelineInterrupted as interrupted:
         print(f"{PROG}: {interrupted}", file=sys.stderr)
         return 128 + interrupted.signum
-    except USAGE_ERRORS as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
-        return USAGE_ERROR
-    except (OSError, ValueError, ImportError, DownloadError) as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
-        return 1
+    except COMMAND_ERRORS as error:
+        return report_error(PROG, error)
     return 0
 
 

@@ -8,6 +8,7 @@ import sys
 from typing import NoReturn
 
 from flax_squeezenet.storage import files
+from flax_squeezenet.storage.download import DownloadError
 
 USAGE_ERROR = 2  # argparse's status for a bad command line
 
@@ -17,6 +18,23 @@ class UsageError(ValueError):
 
 
 USAGE_ERRORS = (UsageError, files.OutputPathError)  # what a command reports with status USAGE_ERROR
+COMMAND_ERRORS = (OSError, ValueError, ImportError, DownloadError)  # what a command reports in one line
+
+
+def report_error(prog: str, error: Exception) -> int:
+    """Print `error` as the command's one line on stderr; its exit status: `USAGE_ERROR` or 1."""
+    print(f"{prog}: error: {error}", file=sys.stderr)
+    return USAGE_ERROR if isinstance(error, USAGE_ERRORS) else 1
+
+
+def parse_with_config_overrides(parser: argparse.ArgumentParser, argv) -> tuple[argparse.Namespace, list[str]]:
+    """`parser`'s arguments and the `--config.key=value` overrides among `argv`; any other unknown argument
+    is a usage error."""
+    args, overrides = parser.parse_known_args(argv)
+    unknown = [arg for arg in overrides if not arg.startswith("--config.")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args, overrides
 
 
 class OneLineErrorParser(argparse.ArgumentParser):

@@ -18,14 +18,13 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
-from flax_squeezenet.cli.common import USAGE_ERROR, USAGE_ERRORS
+from flax_squeezenet.cli.common import COMMAND_ERRORS, parse_with_config_overrides, report_error
 from flax_squeezenet.compression import FORMATS, compress, save_compressed
 from flax_squeezenet.compression.api import FORMAT_SUFFIXES, variant_name
 from flax_squeezenet.compression.pruning import kernel_density
 from flax_squeezenet.compression.rounding import WEIGHT_ROUNDINGS
 from flax_squeezenet.compression.sensitivity import sensitivity_densities
 from flax_squeezenet.storage import files
-from flax_squeezenet.storage.download import DownloadError
 from flax_squeezenet.weights.netfile import check_net_model
 from flax_squeezenet.weights.pretrained import input_convention, load_pretrained, source_paths
 from flax_squeezenet.zoo.models import count_params
@@ -165,19 +164,11 @@ def run(args: argparse.Namespace, overrides: Sequence[str] = ()) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args, overrides = parser.parse_known_args(argv)
-    unknown = [arg for arg in overrides if not arg.startswith("--config.")]
-    if unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args, overrides = parse_with_config_overrides(build_parser(), argv)
     try:
         print(run(args, overrides))
-    except USAGE_ERRORS as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
-        return USAGE_ERROR
-    except (OSError, ValueError, ImportError, DownloadError) as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
-        return 1
+    except COMMAND_ERRORS as error:
+        return report_error(PROG, error)
     return 0
 
 

@@ -19,7 +19,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from flax_squeezenet.cli import device_export
-from flax_squeezenet.cli.common import USAGE_ERROR, USAGE_ERRORS, OneLineErrorParser, positive_int, quiet_library_logs
+from flax_squeezenet.cli.common import (
+    COMMAND_ERRORS,
+    OneLineErrorParser,
+    positive_int,
+    quiet_library_logs,
+    report_error,
+)
 from flax_squeezenet.deploy import onnx_int8
 from flax_squeezenet.deploy.onnx import save_onnx
 from flax_squeezenet.storage import files
@@ -177,12 +183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         with files.atomic_file(args.output) as staging:
             save_onnx(module, variables, staging, preprocessing=convention, class_names=names)
             difference = check_export(str(staging), module, variables, image_size)
-    except USAGE_ERRORS as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
-        return USAGE_ERROR
-    except (OSError, ValueError, ImportError, DownloadError) as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
-        return 1
+    except COMMAND_ERRORS as error:
+        return report_error(PROG, error)
     path = files.user_path(args.output)
     print(f"wrote {path} ({module.num_classes} classes); onnxruntime vs Flax at "
           f"{image_size}x{image_size}: max |difference| {difference:.2e}")  # fmt: skip
