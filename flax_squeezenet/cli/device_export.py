@@ -168,7 +168,6 @@ def export(args: argparse.Namespace, module, variables, convention: InputConvent
     check_options(args, module)
     convention = calibration_convention(args, module, convention)
     shape = input_shape(args)
-    onnx_int8.require_onnxruntime()  # before calibration and AdaRound: a missing extra is said at once
     if args.int8:
         calibration, held_back_files = calibration_split(args)
         held_back = onnx_int8.calibration_images(held_back_files, module.in_channels, convention)
@@ -194,7 +193,6 @@ def export_tflite(args: argparse.Namespace, module, variables, convention: Input
     `class_names` as its labels; the line that reports its check against the Flax model. Calibration prepares images by the weights' own
     input `convention`. The file appears only once its check has run."""
     check_options(args, module)
-    tflite.require_litert()  # before calibration and AdaRound: a missing extra is said at once
     convention = calibration_convention(args, module, convention)
     size = args.image_size or (CROP_SIZE if convention is None else convention.crop_size)
     batch, height, width = None, size, size

@@ -162,6 +162,8 @@ def save_onnx(
         raise ValueError(f"expected {module.num_classes} class names (one per class), got {len(class_names)}")
     if weight_rounding not in WEIGHT_ROUNDINGS:
         raise ValueError(f"expected weight_rounding one of {', '.join(WEIGHT_ROUNDINGS)}, got {weight_rounding!r}")
+    if int8:  # before calibration and AdaRound: a missing extra is said at once
+        onnx_int8.require_onnxruntime()
 
     def export(weights: Mapping[str, Any]) -> Any:
         proto = to_onnx(module, weights)
